@@ -1,0 +1,616 @@
+//! The node's broker: shared state (session slots, the subscription index, retained
+//! messages) and the operations connection tasks call on it: claim a client id, route a
+//! publish, add and remove subscriptions, end a session.
+//!
+//! Locks: the registry map is locked only to find or remove a slot (connect, session end);
+//! the subscription index is read-locked per publish (readers never wait for each other)
+//! and write-locked per SUBSCRIBE/UNSUBSCRIBE; each slot has its own lock. No lock is held
+//! while another task is awaited.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tern_codec::QoS;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::auth::{Acl, Authenticator};
+use crate::registry::{CommandSender, ConnCommand, SessionSlot, SlotKey, SlotState};
+use crate::retained::RetainedStore;
+use crate::session::{Delivery, EnqueueOutcome, Session, Subscription};
+use crate::stats::{DropReason, Stats};
+use crate::subscriptions::{SharedGroups, SubscriptionTree};
+use crate::topic;
+use crate::{AuthConfig, BrokerConfig, Cluster, Message};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid auth configuration: {0}")]
+    Auth(String),
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
+}
+
+/// A subscription's entry in the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub identifier: Option<u32>,
+}
+
+/// A member of a shared subscription group. Equal (and hashed) by slot alone, so that
+/// removing a member needs only its slot, while a pick hands back its options too.
+#[derive(Clone, Debug)]
+pub(crate) struct SharedMember {
+    pub slot: SlotKey,
+    pub qos: QoS,
+    pub identifier: Option<u32>,
+}
+
+impl PartialEq for SharedMember {
+    fn eq(&self, other: &Self) -> bool {
+        self.slot == other.slot
+    }
+}
+impl Eq for SharedMember {}
+impl std::hash::Hash for SharedMember {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.slot.hash(state)
+    }
+}
+
+/// How a CONNECT's claim on a client id turned out.
+pub(crate) struct Claim {
+    pub slot: Arc<SessionSlot>,
+    /// The session to continue, if the client asked to resume one and one existed.
+    pub resumed: Option<Session>,
+}
+
+pub struct Broker {
+    config: BrokerConfig,
+    pub(crate) cluster: Arc<dyn Cluster>,
+    pub(crate) authenticator: Authenticator,
+    pub(crate) acl: Acl,
+    pub stats: Stats,
+    sessions: Mutex<HashMap<Arc<str>, Arc<SessionSlot>>>,
+    subscriptions: RwLock<SubscriptionTree<SlotKey, IndexEntry>>,
+    shared: RwLock<SharedGroups<SharedMember>>,
+    retained: RwLock<RetainedStore<Arc<Message>>>,
+    shutdown: watch::Sender<bool>,
+    live_connections: AtomicUsize,
+    connections_done: Notify,
+    next_conn_id: AtomicU64,
+    pub(crate) started_at: Instant,
+}
+
+impl Broker {
+    pub fn new(
+        config: BrokerConfig,
+        auth: AuthConfig,
+        cluster: Arc<dyn Cluster>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        if config.maximum_qos > 2 {
+            return Err(BrokerError::Config("broker.maximum_qos must be 0, 1 or 2".into()));
+        }
+        if config.receive_maximum == 0 || config.max_inflight == 0 {
+            return Err(BrokerError::Config(
+                "broker.receive_maximum and broker.max_inflight must be at least 1".into(),
+            ));
+        }
+        let authenticator = Authenticator::new(&auth).map_err(|e| BrokerError::Auth(e.to_string()))?;
+        let acl = Acl::new(&auth).map_err(|e| BrokerError::Auth(e.to_string()))?;
+        Ok(Arc::new(Self {
+            config,
+            cluster,
+            authenticator,
+            acl,
+            stats: Stats::default(),
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(SubscriptionTree::new()),
+            shared: RwLock::new(SharedGroups::new()),
+            retained: RwLock::new(RetainedStore::new()),
+            shutdown: watch::channel(false).0,
+            live_connections: AtomicUsize::new(0),
+            connections_done: Notify::new(),
+            next_conn_id: AtomicU64::new(1),
+            started_at: Instant::now(),
+        }))
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Starts the broker's own background work (`$SYS` statistics). Call once, inside a
+    /// tokio runtime. Session expiry and will delays use per-session timers instead.
+    pub fn start_background_tasks(self: &Arc<Self>) {
+        if self.config.sys_interval_secs > 0 {
+            tokio::spawn(crate::sys::publish_periodically(Arc::downgrade(self)));
+        }
+    }
+
+    /// Serves one client connection until it closes. `listener` names the listener for
+    /// metrics and logs.
+    pub async fn serve_connection<S>(self: &Arc<Self>, stream: S, peer: SocketAddr, listener: &'static str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        self.live_connections.fetch_add(1, Ordering::AcqRel);
+        let _live = LiveConnection(self);
+        crate::connection::run(self.clone(), stream, peer, listener, conn_id, self.shutdown.subscribe())
+            .await;
+    }
+
+    /// Disconnects every client (v5 clients get DISCONNECT 0x8B) and returns when all
+    /// connection tasks have finished or `deadline` has passed. Wills are not published: a
+    /// shutdown is not the clients' fault, and persistent sessions resume elsewhere.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shutdown.send_replace(true);
+        let wait_all = async {
+            loop {
+                let notified = self.connections_done.notified();
+                if self.live_connections.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait_all).await;
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.read().len()
+    }
+
+    /// Whether a session (online or offline) exists for this client id.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        self.sessions.lock().contains_key(client_id)
+    }
+
+    // ---- client ids -------------------------------------------------------------------
+
+    /// Makes `conn_id` the owner of `client_id`. An existing connection with the same id is
+    /// told to disconnect and hand over its session; an offline session is taken directly.
+    /// With `resume` false any old session is discarded.
+    pub(crate) async fn claim(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        conn_id: u64,
+        tx: CommandSender,
+        resume: bool,
+    ) -> Claim {
+        loop {
+            let slot = {
+                let mut sessions = self.sessions.lock();
+                sessions
+                    .entry(client_id.clone())
+                    .or_insert_with(|| SessionSlot::new(client_id.clone(), SlotState::Ended))
+                    .clone()
+            };
+            let previous = {
+                let mut inner = slot.inner.lock();
+                let online = SlotState::Online { conn_id, tx: tx.clone() };
+                if !inner.registered {
+                    // Removed between our two locks: look the client id up again.
+                    continue;
+                }
+                inner.generation += 1;
+                std::mem::replace(&mut inner.state, online)
+            };
+            let old_session = match previous {
+                SlotState::Ended => None,
+                SlotState::Offline { session, pending_will } => {
+                    self.stats.sessions_offline.fetch_sub(1, Ordering::Relaxed);
+                    // A will still waiting out its delay is not sent: the client is back.
+                    drop(pending_will);
+                    Some(session)
+                }
+                SlotState::Online { tx: old_tx, .. } => {
+                    let (reply, answer) = oneshot::channel();
+                    if old_tx.send(ConnCommand::TakeOver { reply, resume }).is_ok() {
+                        tokio::time::timeout(Duration::from_secs(10), answer).await.ok().and_then(Result::ok)
+                    } else {
+                        None
+                    }
+                }
+            };
+            self.cluster.client_claimed(client_id);
+            let resumed = match old_session {
+                Some(session) if resume => Some(session),
+                Some(session) => {
+                    self.remove_session_subscriptions(&slot, &session);
+                    None
+                }
+                None => None,
+            };
+            return Claim { slot, resumed };
+        }
+    }
+
+    /// The connection `conn_id` has ended. Messages still in its command channel go into
+    /// the session; a takeover waiting in the channel gets the session; otherwise the
+    /// session stays offline (expiry > 0) or ends.
+    pub(crate) fn release(
+        self: &Arc<Self>,
+        slot: &Arc<SessionSlot>,
+        conn_id: u64,
+        mut session: Session,
+        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
+        will: Option<(Arc<Message>, u32)>,
+    ) {
+        let mut inner = slot.inner.lock();
+        let mut takeover = None;
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                ConnCommand::Deliver(d) => self.enqueue_counted(&mut session, d),
+                ConnCommand::TakeOver { reply, resume } => takeover = Some((reply, resume)),
+            }
+        }
+        if let Some((reply, resume)) = takeover {
+            drop(inner);
+            // The session lives on in the new connection when it resumes; only a will
+            // without delay (or a session that ends now) is published.
+            if let Some((will, delay)) = will {
+                if delay == 0 || !resume {
+                    self.publish(will);
+                }
+            }
+            if let Err(session) = reply.send(session) {
+                // The new connection gave up waiting: nobody holds the session now.
+                self.remove_session_subscriptions(slot, &session);
+            }
+            return;
+        }
+        let owned = matches!(inner.state, SlotState::Online { conn_id: c, .. } if c == conn_id);
+        if !owned {
+            return;
+        }
+        inner.generation += 1;
+        let generation = inner.generation;
+        let expiry = session.expiry_interval;
+        let (will_now, will_later) = match will {
+            Some((w, delay)) if delay > 0 && expiry > 0 => (None, Some((w, delay.min(expiry)))),
+            Some((w, _)) => (Some(w), None),
+            None => (None, None),
+        };
+        if expiry == 0 {
+            // Subscriptions go while the slot is still locked, so that a client
+            // reconnecting at this instant cannot add one that this would then remove.
+            self.remove_session_subscriptions(slot, &session);
+            inner.state = SlotState::Ended;
+            drop(inner);
+            self.unregister(slot);
+        } else {
+            inner.state = SlotState::Offline {
+                session,
+                pending_will: will_later.as_ref().map(|(w, _)| w.clone()),
+            };
+            drop(inner);
+            self.stats.sessions_offline.fetch_add(1, Ordering::Relaxed);
+            if let Some((_, delay)) = will_later {
+                self.arm_timer(slot, generation, Duration::from_secs(u64::from(delay)), TimerKind::WillDelay);
+            }
+            if expiry != u32::MAX {
+                self.arm_timer(slot, generation, Duration::from_secs(u64::from(expiry)), TimerKind::SessionExpiry);
+            }
+        }
+        if let Some(w) = will_now {
+            self.publish(w);
+        }
+    }
+
+    fn arm_timer(self: &Arc<Self>, slot: &Arc<SessionSlot>, generation: u64, after: Duration, kind: TimerKind) {
+        let broker = Arc::downgrade(self);
+        let slot = Arc::downgrade(slot);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let (Some(broker), Some(slot)) = (broker.upgrade(), slot.upgrade()) {
+                broker.on_timer(&slot, generation, kind);
+            }
+        });
+    }
+
+    fn on_timer(&self, slot: &Arc<SessionSlot>, generation: u64, kind: TimerKind) {
+        let mut inner = slot.inner.lock();
+        if inner.generation != generation {
+            return;
+        }
+        match kind {
+            TimerKind::WillDelay => {
+                let will = match &mut inner.state {
+                    SlotState::Offline { pending_will, .. } => pending_will.take(),
+                    _ => None,
+                };
+                drop(inner);
+                if let Some(w) = will {
+                    self.publish(w);
+                }
+            }
+            TimerKind::SessionExpiry => {
+                let SlotState::Offline { session, pending_will } =
+                    std::mem::replace(&mut inner.state, SlotState::Ended)
+                else {
+                    return;
+                };
+                inner.generation += 1;
+                self.remove_session_subscriptions(slot, &session);
+                drop(inner);
+                self.stats.sessions_offline.fetch_sub(1, Ordering::Relaxed);
+                self.unregister(slot);
+                // A will whose delay outlasts the session is sent when the session ends.
+                if let Some(w) = pending_will {
+                    self.publish(w);
+                }
+            }
+        }
+    }
+
+    /// Takes an ended session's slot out of the registry, unless a new connection has
+    /// claimed it in the meantime. Lock order: registry, then slot.
+    fn unregister(&self, slot: &Arc<SessionSlot>) {
+        let mut sessions = self.sessions.lock();
+        let mut inner = slot.inner.lock();
+        if matches!(inner.state, SlotState::Ended) && inner.registered {
+            inner.registered = false;
+            if sessions.get(&slot.client_id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                sessions.remove(&slot.client_id);
+            }
+        }
+    }
+
+    fn remove_session_subscriptions(&self, slot: &Arc<SessionSlot>, session: &Session) {
+        for filter in session.subscriptions.keys() {
+            self.remove_subscription(slot, filter);
+        }
+    }
+
+    // ---- subscriptions ----------------------------------------------------------------
+
+    /// Adds (or replaces) a subscription in the index. Returns true if it already existed.
+    /// The filter was validated by the caller.
+    pub(crate) fn add_subscription(&self, slot: &Arc<SessionSlot>, filter: &str, sub: &Subscription) -> bool {
+        let key = SlotKey(slot.clone());
+        match topic::parse_shared(filter) {
+            Ok(Some(shared)) => {
+                let member = SharedMember { slot: key, qos: sub.options.qos, identifier: sub.identifier };
+                let mut groups = self.shared.write();
+                // Re-adding replaces the member, so its options (QoS, identifier) update.
+                let existed = groups.members(shared.group, shared.filter).contains(&member);
+                if existed {
+                    groups.remove(shared.group, shared.filter, &member);
+                }
+                let first = groups.add(shared.group, shared.filter, member) && !existed;
+                drop(groups);
+                if first {
+                    self.cluster.route_added(shared.filter, Some(shared.group));
+                }
+                if !existed {
+                    self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
+                existed
+            }
+            _ => {
+                let entry = IndexEntry {
+                    qos: sub.options.qos,
+                    no_local: sub.options.no_local,
+                    retain_as_published: sub.options.retain_as_published,
+                    identifier: sub.identifier,
+                };
+                let mut tree = self.subscriptions.write();
+                let existed = tree.insert(filter, key, entry).is_some();
+                let first = !existed && tree.subscriber_count(filter) == 1;
+                drop(tree);
+                if first {
+                    self.cluster.route_added(filter, None);
+                }
+                if !existed {
+                    self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
+                existed
+            }
+        }
+    }
+
+    /// Removes a subscription from the index. Returns true if it existed.
+    pub(crate) fn remove_subscription(&self, slot: &Arc<SessionSlot>, filter: &str) -> bool {
+        let key = SlotKey(slot.clone());
+        let (removed, last) = match topic::parse_shared(filter) {
+            Ok(Some(shared)) => {
+                let member = SharedMember { slot: key, qos: QoS::AtMostOnce, identifier: None };
+                let mut groups = self.shared.write();
+                let existed = groups.members(shared.group, shared.filter).contains(&member);
+                let emptied = groups.remove(shared.group, shared.filter, &member);
+                drop(groups);
+                if emptied {
+                    self.cluster.route_removed(shared.filter, Some(shared.group));
+                }
+                (existed, false)
+            }
+            _ => {
+                let mut tree = self.subscriptions.write();
+                let removed = tree.remove(filter, &key).is_some();
+                (removed, removed && tree.subscriber_count(filter) == 0)
+            }
+        };
+        if last {
+            self.cluster.route_removed(filter, None);
+        }
+        if removed {
+            self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Retained messages matching a new subscription, as deliveries at
+    /// min(message QoS, granted QoS) with RETAIN set.
+    pub(crate) fn retained_for(&self, filter: &str, granted: QoS, identifier: Option<u32>, now: Instant) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        self.retained.read().for_each_matching(filter, |_, message| {
+            if !message.is_expired(now) {
+                out.push(Delivery {
+                    message: message.clone(),
+                    qos: message.qos.min(granted),
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                });
+            }
+        });
+        out
+    }
+
+    // ---- publishing -------------------------------------------------------------------
+
+    /// Routes a message published by a local client (or a will, or `$SYS`): updates the
+    /// retained store, delivers to local subscribers and hands it to the cluster. Returns
+    /// how many local sessions it reached.
+    pub fn publish(&self, message: Arc<Message>) -> usize {
+        if message.retain {
+            self.store_retained(&message);
+            let kept = (!message.payload.is_empty()).then_some(&message);
+            self.cluster.retained_changed(&message.topic, kept);
+        }
+        let reached = self.deliver_local(&message);
+        self.cluster.forward(&message);
+        reached
+    }
+
+    /// Sets or clears a retained message (an empty payload clears).
+    pub fn store_retained(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write();
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.set(&message.topic, message.clone());
+        }
+    }
+
+    /// Delivers a message to this node's subscribers only (a message forwarded from
+    /// another node arrives here). Returns how many sessions it reached.
+    pub fn deliver_local(&self, message: &Arc<Message>) -> usize {
+        let mut targets: Vec<(SlotKey, Delivery)> = Vec::new();
+        {
+            let tree = self.subscriptions.read();
+            tree.for_each_match(&message.topic, |_filter, key, entry| {
+                if entry.no_local && *key.0.client_id == *message.origin_client {
+                    return;
+                }
+                targets.push((
+                    key.clone(),
+                    Delivery {
+                        message: message.clone(),
+                        qos: message.qos.min(entry.qos),
+                        retain: message.retain && entry.retain_as_published,
+                        subscription_ids: entry.identifier.into_iter().collect(),
+                    },
+                ));
+            });
+        }
+        if targets.len() > 1 {
+            merge_overlapping(&mut targets);
+        }
+        {
+            let shared = self.shared.read();
+            shared.for_each_matching_group(&message.topic, |group, filter| {
+                if let Some(member) = shared.pick(group, filter, |m: &SharedMember| m.slot.0.is_online())
+                    .or_else(|| shared.pick(group, filter, |_| true))
+                {
+                    targets.push((
+                        member.slot.clone(),
+                        Delivery {
+                            message: message.clone(),
+                            qos: message.qos.min(member.qos),
+                            retain: false,
+                            subscription_ids: member.identifier.into_iter().collect(),
+                        },
+                    ));
+                }
+            });
+        }
+        if targets.is_empty() {
+            self.stats.count_dropped(DropReason::NoSubscriber, 1);
+        }
+        let reached = targets.len();
+        for (key, delivery) in targets {
+            self.deliver_to(&key.0, delivery);
+        }
+        reached
+    }
+
+    fn deliver_to(&self, slot: &SessionSlot, delivery: Delivery) {
+        let mut inner = slot.inner.lock();
+        match &mut inner.state {
+            SlotState::Online { tx, .. } => {
+                // The connection task moves the channel's contents into its session before
+                // it gives up the slot, so a send here is never lost.
+                let _ = tx.send(ConnCommand::Deliver(delivery));
+            }
+            SlotState::Offline { session, .. } => self.enqueue_counted(session, delivery),
+            SlotState::Ended => {}
+        }
+    }
+
+    /// Queues a delivery on a session, counting what the queue limit drops.
+    pub(crate) fn enqueue_counted(&self, session: &mut Session, delivery: Delivery) {
+        match session.enqueue(delivery, self.config.max_queued_messages) {
+            EnqueueOutcome::Queued => {}
+            EnqueueOutcome::QueuedDroppedOldestQos0 | EnqueueOutcome::Dropped => {
+                self.stats.count_dropped(DropReason::QueueFull, 1)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TimerKind {
+    WillDelay,
+    SessionExpiry,
+}
+
+/// One copy per client when several of its subscriptions match: the highest QoS, the
+/// retain flag if any subscription keeps it, and every subscription identifier.
+fn merge_overlapping(targets: &mut Vec<(SlotKey, Delivery)>) {
+    targets.sort_by_key(|(k, _)| Arc::as_ptr(&k.0) as usize);
+    targets.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
+        }
+        let (_, l) = later;
+        kept.1.qos = kept.1.qos.max(l.qos);
+        kept.1.retain |= l.retain;
+        kept.1.subscription_ids.append(&mut l.subscription_ids);
+        true
+    });
+}
+
+/// Counts a live connection for `shutdown` to wait on.
+struct LiveConnection<'a>(&'a Broker);
+
+impl Drop for LiveConnection<'_> {
+    fn drop(&mut self) {
+        if self.0.live_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.connections_done.notify_waiters();
+        }
+    }
+}

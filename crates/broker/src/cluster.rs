@@ -1,0 +1,34 @@
+//! How a node's broker reaches the rest of the cluster. The broker calls these hooks and
+//! knows nothing else about other nodes; a single node uses [`SingleNode`], where each is
+//! a no-op. The cluster crate implements the trait with Raft and QUIC.
+
+use std::sync::Arc;
+
+use crate::message::Message;
+
+pub trait Cluster: Send + Sync + 'static {
+    /// This node now has its first local subscriber to `filter` (`group` is the share
+    /// name of a `$share/group/filter` subscription).
+    fn route_added(&self, filter: &str, group: Option<&str>);
+    /// This node's last local subscriber to `filter` (in `group`) has gone.
+    fn route_removed(&self, filter: &str, group: Option<&str>);
+    /// A message published by a local client, after local delivery: send it to the
+    /// other nodes whose routes match.
+    fn forward(&self, message: &Arc<Message>);
+    /// A retained message was set (`Some`) or cleared (`None`) by a local client.
+    fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
+    /// A client connected here with this id.
+    fn client_claimed(&self, client_id: &str);
+}
+
+/// A node on its own: nothing to tell anyone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleNode;
+
+impl Cluster for SingleNode {
+    fn route_added(&self, _filter: &str, _group: Option<&str>) {}
+    fn route_removed(&self, _filter: &str, _group: Option<&str>) {}
+    fn forward(&self, _message: &Arc<Message>) {}
+    fn retained_changed(&self, _topic: &str, _message: Option<&Arc<Message>>) {}
+    fn client_claimed(&self, _client_id: &str) {}
+}

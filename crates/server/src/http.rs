@@ -1,0 +1,289 @@
+//! The node's small HTTP/1.1 endpoint for probes: `GET /healthz` (the process is alive)
+//! and `GET /readyz` (send it traffic). One request per connection, answered with
+//! `Connection: close`. Hostile input gets a 4xx and a closed socket: the request head
+//! is limited to 8 KiB and must arrive within 10 s.
+//!
+//! `/metrics` answers 404 until the Prometheus registry arrives with the operations work.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its whole request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After answering, how long (and how much) we read and discard what the client still
+/// sends, so that closing does not reset the connection before it reads the answer.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+/// Open HTTP connections served at once; probes and scrapes need few.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+
+/// What the probes report; the node updates it.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    body: &'static str,
+    /// Methods allowed, for a 405.
+    allow: Option<&'static str>,
+    /// HEAD: headers only.
+    head_only: bool,
+}
+
+impl Response {
+    fn new(status: u16, body: &'static str) -> Self {
+        Self { status, body, allow: None, head_only: false }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            self.status,
+            reason(self.status),
+            self.body.len()
+        );
+        if let Some(allow) = self.allow {
+            out.push_str("Allow: ");
+            out.push_str(allow);
+            out.push_str("\r");
+        }
+        out.push_str("\r");
+        if !self.head_only {
+            out.push_str(self.body);
+        }
+        out.into_bytes()
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Serves one HTTP connection: reads one request, answers, closes.
+pub async fn serve_connection<S>(mut stream: S, health: &Health)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+        Err(_) => Some(Response::new(408, "request timeout")),
+        Ok(Err(HeadError::TooLarge)) => Some(Response::new(431, "request head too large")),
+        // The client left before finishing its request: nobody to answer.
+        Ok(Err(HeadError::Closed)) => None,
+        Ok(Ok(head)) => Some(respond(&head, health)),
+    };
+    let Some(response) = response else { return };
+    let write = async {
+        stream.write_all(&response.to_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
+        return;
+    }
+    // Read what is left of the request (a body we ignore, or the rest of an oversized
+    // head) so the close is a FIN and not a reset that could destroy our answer.
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut buf = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum HeadError {
+    TooLarge,
+    Closed,
+}
+
+/// Reads up to the blank line that ends the request head, at most [`MAX_HEAD`] bytes.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeadError> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).await.map_err(|_| HeadError::Closed)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        let searched_from = head.len().saturating_sub(3);
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = find_head_end(&head[searched_from..]) {
+            let end = searched_from + end;
+            if end > MAX_HEAD {
+                return Err(HeadError::TooLarge);
+            }
+            head.truncate(end);
+            return Ok(head);
+        }
+        if head.len() > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+/// Where the head ends (just past `\r\n\r\n`, or a bare `\n\n` from a lax client).
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r").map(|at| at + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n").map(|at| at + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn respond(head: &[u8], health: &Health) -> Response {
+    let Some((method, path)) = parse_request_line(head) else {
+        return Response::new(400, "bad request");
+    };
+    let body = match path {
+        "/healthz" => "ok",
+        "/readyz" if health.is_ready() => "ready",
+        "/readyz" => {
+            return with_method(method, Response::new(503, "not ready"));
+        }
+        _ => return with_method(method, Response::new(404, "not found")),
+    };
+    with_method(method, Response::new(200, body))
+}
+
+/// GET gets the response; HEAD its headers; other methods a 405 on known paths.
+fn with_method(method: &str, mut response: Response) -> Response {
+    match method {
+        "GET" => response,
+        "HEAD" => {
+            response.head_only = true;
+            response
+        }
+        _ if response.status == 404 => response,
+        _ => Response { status: 405, body: "method not allowed", allow: Some("GET, HEAD"), head_only: false },
+    }
+}
+
+/// Method and path (without query) of `METHOD SP TARGET SP HTTP/1.x`.
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line_end = head.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?.trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
+        return None;
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    Some((method, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(request: &[u8], ready: bool) -> Response {
+        let health = Health::default();
+        health.set_ready(ready);
+        respond(request, &health)
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(answer(b"GET /healthz HTTP/1.1\r\n\r\n", false).status, 200);
+        assert_eq!(answer(b"GET /healthz?verbose=1 HTTP/1.0\r\n\r\n", false).body, "ok");
+        assert_eq!(answer(b"GET /readyz HTTP/1.1\r\n\r\n", true).status, 200);
+        assert_eq!(answer(b"GET /readyz HTTP/1.1\r\n\r\n", false).status, 503);
+        assert_eq!(answer(b"GET /metrics HTTP/1.1\r\n\r\n", true).status, 404);
+        assert_eq!(answer(b"GET / HTTP/1.1\r\n\r\n", true).status, 404);
+        let head = answer(b"HEAD /healthz HTTP/1.1\r\n\r\n", true);
+        assert_eq!(head.status, 200);
+        assert!(String::from_utf8(head.to_bytes()).unwrap().ends_with("\r\n\r"));
+        let post = answer(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", true);
+        assert_eq!((post.status, post.allow), (405, Some("GET, HEAD")));
+    }
+
+    #[test]
+    fn malformed_request_lines_are_400() {
+        for bad in [
+            &b"GET /healthz\r\n\r\n"[..],
+            b"GET  /healthz HTTP/1.1\r\n\r\n",
+            b"GET /healthz HTTP/2.0\r\n\r\n",
+            b"get /healthz HTTP/1.1\r\n\r\n",
+            b"GET healthz HTTP/1.1\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert_eq!(answer(bad, true).status, 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn head_end_is_found_across_reads() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\n"), Some(16));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r"), None);
+    }
+
+    #[tokio::test]
+    async fn heads_are_read_in_pieces_and_limited() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move { read_head(&mut server).await });
+        for piece in [&b"GET /hea"[..], b"lthz HTTP/1.1\r", b"\nHost: x\r\n", b"\r\nrest"] {
+            client.write_all(piece).await.unwrap();
+        }
+        let head = reader.await.unwrap().unwrap();
+        assert_eq!(head, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r");
+
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let reader = tokio::spawn(async move { read_head(&mut server).await });
+        client.write_all(&vec![b'a'; MAX_HEAD + 10]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), Err(HeadError::TooLarge));
+
+        let (client, mut server) = tokio::io::duplex(64);
+        drop(client);
+        assert_eq!(read_head(&mut server).await, Err(HeadError::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_gets_408() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let health = Health::default();
+        let serve = tokio::spawn(async move { serve_connection(server, &health).await });
+        client.write_all(b"GET /healthz HTTP/1.1\r").await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        serve.await.unwrap();
+    }
+}

@@ -1,0 +1,15 @@
+//! The `tern` binary's library: configuration, the command line, and a running node
+//! (broker, MQTT listener, HTTP probes). End-to-end tests start nodes in-process with
+//! [`node::start`].
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod listener;
+pub mod logging;
+pub mod node;
+pub mod passwd;
+pub mod shutdown;
+
+pub use config::Config;
+pub use node::{start, RunningNode, StartError};

@@ -1,0 +1,302 @@
+//! One running node: the broker, its MQTT listener and its HTTP endpoint. [`start`] is
+//! what `tern serve` runs and what end-to-end tests call, many times in one process.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_broker::{Broker, BrokerError};
+
+use crate::config::Config;
+use crate::http::{self, Health};
+use crate::listener::{self, AcceptLoop, ListenerCounts};
+
+/// Extra time, beyond the grace period, that shutdown waits for the broker before going on.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {} (`node.data_dir`): {error}", path.display())]
+    DataDir { path: PathBuf, error: io::Error },
+    #[error("cannot listen on {addr} (`{key}`): {error}")]
+    Bind { key: &'static str, addr: SocketAddr, error: io::Error },
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+}
+
+impl StartError {
+    /// Whether the configuration is at fault (as opposed to the machine: ports, disks).
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, StartError::Broker(_))
+    }
+}
+
+/// A started node. Dropping it aborts its listeners and connections at once; call
+/// [`RunningNode::shutdown`] to stop gracefully.
+pub struct RunningNode {
+    mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
+    broker: Arc<Broker>,
+    health: Arc<Health>,
+    grace: Duration,
+    mqtt: AcceptLoop,
+    http: AcceptLoop,
+    stopped: bool,
+}
+
+/// Creates the data directory, binds the MQTT and HTTP listeners, starts the broker and
+/// begins accepting connections.
+pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    let data_dir = config.node.data_dir.clone();
+    tokio::fs::create_dir_all(&data_dir).await.map_err(|error| StartError::DataDir { path: data_dir.clone(), error })?;
+
+    let broker = Broker::new(config.broker.clone(), config.auth.clone(), tern_cluster::single_node())?;
+
+    let bind = |key: &'static str, addr: SocketAddr| {
+        let listener = listener::bind(addr).map_err(|error| StartError::Bind { key, addr, error })?;
+        let local = listener.local_addr().map_err(|error| StartError::Bind { key, addr, error })?;
+        Ok::<_, StartError>((listener, local))
+    };
+    let (mqtt_listener, mqtt_addr) = bind("mqtt.listen", config.mqtt.listen)?;
+    let (http_listener, http_addr) = bind("http.listen", config.http.listen)?;
+
+    broker.start_background_tasks();
+
+    let serving = broker.clone();
+    let mqtt = AcceptLoop::spawn("mqtt", mqtt_listener, config.mqtt.max_connections, move |stream, peer| {
+        let broker = serving.clone();
+        async move { broker.serve_connection(stream, peer, "tcp").await }
+    });
+
+    let health = Arc::new(Health::default());
+    let probes = health.clone();
+    let http = AcceptLoop::spawn("http", http_listener, http::MAX_CONNECTIONS, move |stream, _peer| {
+        let health = probes.clone();
+        async move { http::serve_connection(stream, &health).await }
+    });
+
+    // The MQTT socket is listening, so connections queue from now on; a single node
+    // needs nothing else to be ready.
+    health.set_ready(true);
+    tracing::info!(
+        mqtt = %mqtt_addr,
+        http = %http_addr,
+        data_dir = %data_dir.display(),
+        max_connections = config.mqtt.max_connections,
+        "listening"
+    );
+
+    Ok(RunningNode {
+        mqtt_addr,
+        http_addr,
+        broker,
+        health,
+        grace: Duration::from_secs(config.node.shutdown_grace_secs),
+        mqtt,
+        http,
+        stopped: false,
+    })
+}
+
+impl RunningNode {
+    /// The MQTT listener's address (with the real port when configured with port 0).
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Counters of the MQTT listener (accepted, rejected over `max_connections`, ...).
+    pub fn mqtt_counts(&self) -> ListenerCounts {
+        self.mqtt.stats().counts()
+    }
+
+    /// Whether `/readyz` reports ready.
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready()
+    }
+
+    /// Graceful stop, as on SIGTERM: report not ready, stop accepting MQTT connections,
+    /// give the broker the grace period to disconnect its clients, end whatever is left,
+    /// and close the HTTP endpoint last. Both ports are closed when this returns.
+    pub async fn shutdown(mut self) {
+        tracing::info!(grace_secs = self.grace.as_secs(), "shutting down");
+        self.health.set_ready(false);
+        self.mqtt.stop_accepting().await;
+        if tokio::time::timeout(self.grace + SHUTDOWN_SLACK, self.broker.shutdown(self.grace)).await.is_err() {
+            tracing::warn!("broker shutdown overran its deadline; closing the remaining connections");
+        }
+        self.mqtt.stop().await;
+        self.http.stop().await;
+        self.stopped = true;
+        tracing::info!("stopped");
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        // The accept loops abort themselves (and their connections) when dropped. Let the
+        // broker stop its own background work too, if a runtime is still there to run it.
+        if !self.stopped {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let broker = self.broker.clone();
+                runtime.spawn(async move { broker.shutdown(Duration::ZERO).await });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        std::env::temp_dir().join(format!("tern-server-{tag}-{}-{n}", std::process::id()))
+    }
+
+    fn test_config(data_dir: PathBuf) -> Config {
+        let mut config = Config::default();
+        config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.node.data_dir = data_dir;
+        config.node.shutdown_grace_secs = 1;
+        config
+    }
+
+    /// Sends `request` and returns the whole response.
+    async fn http(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .expect("response within 10 s")
+            .expect("read response");
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    fn status(response: &str) -> u16 {
+        response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    fn body(response: &str) -> &str {
+        response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn node_serves_probes_and_refuses_bad_requests() {
+        let dir = temp_dir("probes").join("nested");
+        let node = start(test_config(dir.clone())).await.unwrap();
+        assert!(dir.is_dir(), "data_dir is created");
+        let addr = node.http_addr();
+        assert_ne!(addr.port(), 0);
+        assert_ne!(node.mqtt_addr().port(), 0);
+
+        let ok = http(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!((status(&ok), body(&ok)), (200, "ok"), "{ok}");
+        assert!(ok.contains("Connection: close\r\n"));
+        let ready = http(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status(&ready), body(&ready)), (200, "ready"), "{ready}");
+
+        assert_eq!(status(&http(addr, b"GET /nope HTTP/1.1\r\n\r\n").await), 404);
+        assert_eq!(status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await), 404);
+        let post = http(addr, b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").await;
+        assert_eq!(status(&post), 405, "{post}");
+        assert!(post.contains("Allow: GET, HEAD\r\n"));
+        assert_eq!(status(&http(addr, b"NONSENSE\r\n\r\n").await), 400);
+
+        let mut oversized = b"GET /healthz HTTP/1.1\r\n".to_vec();
+        while oversized.len() <= http::MAX_HEAD {
+            oversized.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        oversized.extend_from_slice(b"\r\n");
+        assert_eq!(status(&http(addr, &oversized).await), 431);
+        // An endless head with no line breaks at all.
+        assert_eq!(status(&http(addr, &vec![b'A'; 3 * http::MAX_HEAD]).await), 431);
+
+        // The MQTT port accepts TCP connections.
+        TcpStream::connect(node.mqtt_addr()).await.unwrap();
+
+        node.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn shutdown_and_drop_close_both_ports() {
+        let dir = temp_dir("stop");
+        let node = start(test_config(dir.clone())).await.unwrap();
+        let (mqtt, http_addr) = (node.mqtt_addr(), node.http_addr());
+        node.shutdown().await;
+        assert!(TcpStream::connect(mqtt).await.is_err(), "mqtt port closed after shutdown");
+        assert!(TcpStream::connect(http_addr).await.is_err(), "http port closed after shutdown");
+
+        let node = start(test_config(dir.clone())).await.unwrap();
+        let (mqtt, http_addr) = (node.mqtt_addr(), node.http_addr());
+        let open = TcpStream::connect(http_addr).await.unwrap();
+        drop(node);
+        // Aborted tasks drop their sockets on the runtime's next turn.
+        let mut closed = false;
+        for _ in 0..200 {
+            if TcpStream::connect(mqtt).await.is_err() && TcpStream::connect(http_addr).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(closed, "ports closed after drop");
+        drop(open);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn many_nodes_run_in_one_process() {
+        let dirs: Vec<_> = (0..3).map(|_| temp_dir("many")).collect();
+        let mut nodes = Vec::new();
+        for dir in &dirs {
+            nodes.push(start(test_config(dir.clone())).await.unwrap());
+        }
+        for node in &nodes {
+            let ok = http(node.http_addr(), b"GET /healthz HTTP/1.1\r\n\r\n").await;
+            assert_eq!(status(&ok), 200);
+        }
+        for node in nodes {
+            node.shutdown().await;
+        }
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[tokio::test]
+    async fn start_errors_name_what_failed() {
+        let dir = temp_dir("errors");
+        let first = start(test_config(dir.clone())).await.unwrap();
+        let mut config = test_config(dir.clone());
+        config.mqtt.listen = first.mqtt_addr();
+        let err = start(config).await.err().expect("port in use");
+        assert!(err.to_string().contains("`mqtt.listen`"), "{err}");
+        assert!(!err.is_config_error());
+
+        let file = dir.join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = start(test_config(file.join("sub"))).await.err().expect("data dir under a file");
+        assert!(err.to_string().contains("a-file"), "{err}");
+        assert!(err.to_string().contains("node.data_dir"), "{err}");
+        first.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

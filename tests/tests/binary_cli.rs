@@ -1,0 +1,337 @@
+//! The real `tern` binary: `tern serve` on chosen ports, its probes, a mosquitto round
+//! trip, graceful stop on SIGTERM/SIGINT (v5 clients get DISCONNECT 0x8B, exit status 0),
+//! configuration errors (exit 2, the key named), environment variables, `tern passwd`.
+//!
+//! Needs the binary built first (`cargo build -p tern`; ./scripts/test does it).
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tern_tests::external::raw::{self, Conn, Next};
+use tern_tests::external::{free_port, http_get, require_tool, run, Lines, Output};
+use tern_tests::{tern_binary, unique_temp_dir, wait_until, ChildGuard};
+use tokio::process::Command;
+
+/// A `tern serve` process and where it listens.
+struct Served {
+    guard: ChildGuard,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Served {
+    fn log(&self) -> String {
+        let out = std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default();
+        let err = std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default();
+        format!("--- tern stdout ---\n{out}\n--- tern stderr ---\n{err}")
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.child.id()
+    }
+
+    /// Waits for the process to exit; None if it is still running after `timeout`.
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        let child = &mut self.guard.child;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .await;
+        status
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.guard.child.kill();
+        let _ = self.guard.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `tern` command with no `TERN_...` variables inherited from the test's environment.
+fn tern_std_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(tern_binary());
+    for (name, _) in std::env::vars() {
+        if name.to_ascii_uppercase().starts_with("TERN_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+fn tern_command() -> Command {
+    Command::from(tern_std_command())
+}
+
+/// Starts `tern serve` on free ports, retrying once if a port was taken in between.
+/// `mqtt_by_env` passes the MQTT address as TERN_MQTT__LISTEN instead of the flag.
+async fn serve(mqtt_by_env: bool, extra: &[&str]) -> Served {
+    let mut failures = Vec::new();
+    for _attempt in 0..2 {
+        let dir = unique_temp_dir("tern-bin");
+        let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = tern_std_command();
+        cmd.arg("serve").arg("--http-listen").arg(http.to_string()).arg("--data-dir").arg(dir.join("data"));
+        if mqtt_by_env {
+            cmd.env("TERN_MQTT__LISTEN", mqtt.to_string());
+        } else {
+            cmd.arg("--mqtt-listen").arg(mqtt.to_string());
+        }
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("stdout.log")).expect("log file"))
+            .stderr(File::create(dir.join("stderr.log")).expect("log file"));
+        let guard = ChildGuard::spawn(&mut cmd).expect("spawn tern serve");
+        let mut served = Served { guard, mqtt, http, dir };
+        if wait_healthy(&mut served).await {
+            return served;
+        }
+        failures.push(served.log());
+        // Dropping `served` kills the process and removes its directory.
+    }
+    panic!("tern serve did not become healthy (two attempts)\n{}", failures.join("\n=====\n"));
+}
+
+/// Waits until /healthz answers 200 and the MQTT port accepts connections; false if the
+/// process exited first (a port taken in between) or 30 s passed.
+async fn wait_healthy(served: &mut Served) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if served.guard.child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        if matches!(http_get(served.http, "/healthz").await, Some((200, _)))
+            && tokio::net::TcpStream::connect(served.mqtt).await.is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn sigterm(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid} failed: {status:?}");
+}
+
+async fn v5_connected(addr: SocketAddr) -> Conn {
+    let mut conn = Conn::open(addr).await.expect("connect");
+    let connack = conn.handshake(&raw::connect_v5("cli-v5", 60, &[])).await.expect("CONNACK");
+    assert_eq!(connack.reason_code(), Some(0), "v5 CONNACK {connack}");
+    conn
+}
+
+async fn v311_connected(addr: SocketAddr) -> Conn {
+    let mut conn = Conn::open(addr).await.expect("connect");
+    let connack = conn.handshake(&raw::connect_v311("cli-v311", 60)).await.expect("CONNACK");
+    assert_eq!(connack.reason_code(), Some(0), "3.1.1 CONNACK {connack}");
+    conn
+}
+
+/// Sends the signal and checks the graceful stop: the v5 client gets DISCONNECT 0x8B then
+/// the close, the 3.1.1 client a plain close, and the process exits 0.
+async fn graceful_stop(mut served: Served, signal: &str) {
+    let mut v5 = v5_connected(served.mqtt).await;
+    let v311 = v311_connected(served.mqtt).await;
+    sigterm(served.pid(), signal);
+
+    match v5.next(Duration::from_secs(10)).await {
+        Next::Packet(p) => {
+            assert!(
+                p.kind() == raw::DISCONNECT && p.reason_code() == Some(0x8B),
+                "{signal}: v5 client got {p}, want DISCONNECT 0x8B\n{}",
+                served.log()
+            );
+        }
+        other => panic!("{signal}: v5 client got {other:?}, want DISCONNECT 0x8B\n{}", served.log()),
+    }
+    let rest = v5.read_until_closed(Duration::from_secs(10)).await;
+    assert!(rest.closed() && rest.packets.is_empty(), "{signal}: after DISCONNECT: {}", rest.describe());
+    let closure = v311.read_until_closed(Duration::from_secs(10)).await;
+    assert!(closure.closed() && closure.packets.is_empty(), "{signal}: 3.1.1 client: {}", closure.describe());
+
+    let status = served.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "{signal}: tern serve should exit 0 within 15 s, got {status:?}\n{}",
+        served.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_probes_and_mqtt_then_stops_on_sigterm() {
+    let served = serve(false, &[]).await;
+
+    let health = http_get(served.http, "/healthz").await;
+    assert!(matches!(health, Some((200, _))), "/healthz: {health:?}");
+    let http = served.http;
+    let mut ready = None;
+    for _ in 0..100 {
+        ready = http_get(http, "/readyz").await;
+        if matches!(ready, Some((200, _))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(ready, Some((200, _))), "/readyz of a single node: {ready:?}\n{}", served.log());
+
+    // A mosquitto round trip through the real binary.
+    let port = served.mqtt.port().to_string();
+    let mut sub_cmd = Command::new(require_tool("mosquitto_sub"));
+    sub_cmd.args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-t", "cli/rt", "-q", "1", "-C", "1", "-W", "30", "-d"]);
+    let mut sub = Lines::spawn(&mut sub_cmd);
+    assert!(
+        sub.wait_line(Duration::from_secs(30), |l| l.starts_with("Subscribed (mid:")).await.is_some(),
+        "mosquitto_sub did not subscribe\n{}",
+        served.log()
+    );
+    let mut pub_cmd = Command::new(require_tool("mosquitto_pub"));
+    pub_cmd.args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-t", "cli/rt", "-q", "1", "-m", "through-the-binary"]);
+    let out = run(&mut pub_cmd, Duration::from_secs(30)).await;
+    assert!(out.success(), "mosquitto_pub\n{}", out.describe());
+    let out = sub.finish(Duration::from_secs(30)).await;
+    assert!(
+        out.success() && out.stdout.lines().any(|l| l == "through-the-binary"),
+        "mosquitto_sub\n{}",
+        out.describe()
+    );
+
+    graceful_stop(served, "TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_gracefully_on_sigint() {
+    let served = serve(false, &[]).await;
+    graceful_stop(served, "INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_listen_from_environment_is_honoured() {
+    let served = serve(true, &[]).await;
+    let mut conn = v311_connected(served.mqtt).await;
+    let _ = conn.send(&raw::disconnect()).await;
+}
+
+/// The maximum packet size a v5 CONNACK announces (property 0x27), if any.
+fn announced_max_packet_size(connack: &raw::Packet) -> Option<u32> {
+    let body = &connack.body;
+    let mut i = 2;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = *body.get(i)?;
+        len |= ((b & 0x7F) as usize) << shift;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let props = body.get(i..i + len)?;
+    let mut j = 0;
+    while j < props.len() {
+        let id = props[j];
+        j += 1;
+        let u16_at = |k: usize| props.get(k..k + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
+        let size = match id {
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x13 | 0x21 | 0x22 => 2,
+            0x11 | 0x27 => 4,
+            0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => 2 + u16_at(j)?,
+            0x26 => {
+                let k = 2 + u16_at(j)?;
+                k + 2 + u16_at(j + k)?
+            }
+            _ => return None,
+        };
+        if id == 0x27 {
+            let b = props.get(j..j + 4)?;
+            return Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        }
+        j += size;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_and_set_flag_are_honoured() {
+    let dir = unique_temp_dir("tern-cfg");
+    let file = dir.join("tern.toml");
+    std::fs::write(&file, "[broker]\nmax_packet_size = 4096\nmaximum_qos = 1\n").unwrap();
+    let served = serve(false, &["--config", file.to_str().unwrap(), "--set", "broker.max_packet_size=2048"]).await;
+    let mut conn = Conn::open(served.mqtt).await.expect("connect");
+    let connack = conn.handshake(&raw::connect_v5("cfg", 60, &[])).await.expect("CONNACK");
+    assert_eq!(connack.reason_code(), Some(0));
+    assert_eq!(
+        announced_max_packet_size(&connack),
+        Some(2048),
+        "--set must override the file's broker.max_packet_size: CONNACK {:02X?}",
+        connack.body
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn expect_config_error(cmd: &mut Command, what: &str, names: &[&str]) -> Output {
+    let out = run(cmd, Duration::from_secs(20)).await;
+    assert_eq!(out.code(), Some(2), "{what}: tern serve should exit 2\n{}", out.describe());
+    for name in names {
+        assert!(out.stderr.contains(name), "{what}: stderr should name {name:?}\n{}", out.describe());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_key_in_config_file_exits_2_naming_key_and_file() {
+    let dir = unique_temp_dir("tern-badcfg");
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[broker]\nmax_packet_sizee = 5\n").unwrap();
+    let mut cmd = tern_command();
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"));
+    expect_config_error(&mut cmd, "unknown key", &["max_packet_sizee", "bad.toml"]).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_environment_value_exits_2_naming_key() {
+    let dir = unique_temp_dir("tern-badenv");
+    let mut cmd = tern_command();
+    cmd.env("TERN_BROKER__MAX_PACKET_SIZE", "abc")
+        .arg("serve")
+        .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"));
+    expect_config_error(&mut cmd, "bad env value", &["max_packet_size", "TERN_BROKER__MAX_PACKET_SIZE"]).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwd_prints_an_argon2id_hash_that_verifies() {
+    let mut cmd = tern_command();
+    cmd.args(["passwd", "--password", "x"]);
+    let out = run(&mut cmd, Duration::from_secs(20)).await;
+    assert!(out.success(), "tern passwd\n{}", out.describe());
+    let hash = out.stdout.trim();
+    assert!(hash.starts_with("$argon2id$"), "want a $argon2id$ PHC string, got {hash:?}");
+
+    use tern_broker::auth::{AuthOutcome, Authenticator};
+    let config = tern_broker::AuthConfig {
+        allow_anonymous: false,
+        users: vec![tern_broker::UserEntry { username: "u".into(), password_hash: hash.to_string() }],
+        ..Default::default()
+    };
+    let auth = Authenticator::new(&config).expect("the printed hash parses");
+    assert!(matches!(auth.authenticate(Some("u"), Some(b"x")), AuthOutcome::Allowed));
+    assert!(matches!(auth.authenticate(Some("u"), Some(b"y")), AuthOutcome::BadCredentials));
+}
