@@ -18,7 +18,10 @@ struct Node<V> {
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Self { children: HashMap::new(), entry: None }
+        Self {
+            children: HashMap::new(),
+            entry: None,
+        }
     }
 }
 
@@ -55,13 +58,18 @@ pub struct RetainedStore<V> {
 
 impl<V> Default for RetainedStore<V> {
     fn default() -> Self {
-        Self { root: Node::default(), len: 0 }
+        Self {
+            root: Node::default(),
+            len: 0,
+        }
     }
 }
 
 impl<V> std::fmt::Debug for RetainedStore<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetainedStore").field("len", &self.len).finish()
+        f.debug_struct("RetainedStore")
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -220,7 +228,9 @@ mod tests {
 
     fn found(store: &RetainedStore<u32>, filter: &str) -> BTreeMap<String, u32> {
         let mut out = BTreeMap::new();
-        store.for_each_matching(filter, |t, v| assert!(out.insert(t.to_string(), *v).is_none(), "twice: {t}"));
+        store.for_each_matching(filter, |t, v| {
+            assert!(out.insert(t.to_string(), *v).is_none(), "twice: {t}")
+        });
         out
     }
 
@@ -250,14 +260,29 @@ mod tests {
     #[test]
     fn wildcards_and_dollar_rule() {
         let mut s = RetainedStore::new();
-        for (i, t) in ["a", "a/b", "a/b/c", "a/x", "/a", "$SYS/load", "$SYS/x/y", "b"].iter().enumerate() {
+        for (i, t) in [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/x",
+            "/a",
+            "$SYS/load",
+            "$SYS/x/y",
+            "b",
+        ]
+        .iter()
+        .enumerate()
+        {
             s.set(t, i as u32);
         }
         assert_eq!(topics(found(&s, "a/#")), ["a", "a/b", "a/b/c", "a/x"]);
         assert_eq!(topics(found(&s, "a/+")), ["a/b", "a/x"]);
         assert_eq!(topics(found(&s, "+")), ["a", "b"]);
         assert_eq!(topics(found(&s, "+/a")), ["/a"]);
-        assert_eq!(topics(found(&s, "#")), ["/a", "a", "a/b", "a/b/c", "a/x", "b"]);
+        assert_eq!(
+            topics(found(&s, "#")),
+            ["/a", "a", "a/b", "a/b/c", "a/x", "b"]
+        );
         assert_eq!(topics(found(&s, "+/+")), ["/a", "a/b", "a/x"]);
         assert_eq!(topics(found(&s, "$SYS/#")), ["$SYS/load", "$SYS/x/y"]);
         assert_eq!(topics(found(&s, "$SYS/+")), ["$SYS/load"]);
@@ -305,7 +330,8 @@ mod tests {
         }
 
         fn topic() -> impl Strategy<Value = String> {
-            prop::collection::vec(prop::sample::select(&["a", "b", "", "$s"][..]), 1..5).prop_map(|v| join(v, "c"))
+            prop::collection::vec(prop::sample::select(&["a", "b", "", "$s"][..]), 1..5)
+                .prop_map(|v| join(v, "c"))
         }
 
         fn filter() -> impl Strategy<Value = String> {

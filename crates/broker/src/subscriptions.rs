@@ -42,7 +42,12 @@ struct Node<K, V> {
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
-        Self { children: HashMap::new(), plus: None, hash: None, leaf: None }
+        Self {
+            children: HashMap::new(),
+            plus: None,
+            hash: None,
+            leaf: None,
+        }
     }
 }
 
@@ -90,7 +95,10 @@ impl<K, V> Node<K, V> {
     }
 
     fn children(&self) -> impl Iterator<Item = &Node<K, V>> {
-        self.children.values().chain(self.plus.as_deref()).chain(self.hash.as_deref())
+        self.children
+            .values()
+            .chain(self.plus.as_deref())
+            .chain(self.hash.as_deref())
     }
 
     fn move_children_to(&mut self, out: &mut Vec<Node<K, V>>) {
@@ -140,13 +148,20 @@ pub struct SubscriptionTree<K, V> {
 
 impl<K, V> Default for SubscriptionTree<K, V> {
     fn default() -> Self {
-        Self { root: Node::default(), len: 0, filters: 0 }
+        Self {
+            root: Node::default(),
+            len: 0,
+            filters: 0,
+        }
     }
 }
 
 impl<K, V> std::fmt::Debug for SubscriptionTree<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubscriptionTree").field("len", &self.len).field("filters", &self.filters).finish()
+        f.debug_struct("SubscriptionTree")
+            .field("len", &self.len)
+            .field("filters", &self.filters)
+            .finish()
     }
 }
 
@@ -164,7 +179,10 @@ impl<K: Eq + Hash, V> SubscriptionTree<K, V> {
         }
         let leaf = node.leaf.get_or_insert_with(|| {
             self.filters += 1;
-            Box::new(Leaf { filter: filter.into(), entries: HashMap::new() })
+            Box::new(Leaf {
+                filter: filter.into(),
+                entries: HashMap::new(),
+            })
         });
         let previous = leaf.entries.insert(key, value);
         if previous.is_none() {
@@ -363,13 +381,17 @@ pub struct SharedGroups<K> {
 
 impl<K> Default for SharedGroups<K> {
     fn default() -> Self {
-        Self { groups: SubscriptionTree::default() }
+        Self {
+            groups: SubscriptionTree::default(),
+        }
     }
 }
 
 impl<K> std::fmt::Debug for SharedGroups<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedGroups").field("groups", &self.groups.len()).finish()
+        f.debug_struct("SharedGroups")
+            .field("groups", &self.groups.len())
+            .finish()
     }
 }
 
@@ -389,7 +411,11 @@ impl<K: Eq + Hash + Clone> SharedGroups<K> {
             }
             return false;
         }
-        let g = Group { members: vec![key.clone()], index: HashMap::from([(key, 0)]), cursor: AtomicUsize::new(0) };
+        let g = Group {
+            members: vec![key.clone()],
+            index: HashMap::from([(key, 0)]),
+            cursor: AtomicUsize::new(0),
+        };
         self.groups.insert(filter, group.into(), g);
         true
     }
@@ -425,17 +451,21 @@ impl<K: Eq + Hash + Clone> SharedGroups<K> {
         let g = self.groups.get(filter, group)?;
         let n = g.members.len();
         let start = g.cursor.load(Ordering::Relaxed);
-        (0..n).map(|i| (start + i) % n).find(|&i| is_eligible(&g.members[i])).map(|i| {
-            g.cursor.store((i + 1) % n, Ordering::Relaxed);
-            g.members[i].clone()
-        })
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| is_eligible(&g.members[i]))
+            .map(|i| {
+                g.cursor.store((i + 1) % n, Ordering::Relaxed);
+                g.members[i].clone()
+            })
     }
 
     /// Calls `f(group, filter)` for every group whose filter matches `topic` (`$` rule
     /// included), once per (group, filter). Same trie walk as
     /// [`SubscriptionTree::for_each_match`].
     pub fn for_each_matching_group(&self, topic: &str, mut f: impl FnMut(&str, &str)) {
-        self.groups.for_each_match(topic, |filter, group, _| f(group, filter));
+        self.groups
+            .for_each_match(topic, |filter, group, _| f(group, filter));
     }
 
     /// The members of `group` for `filter` (empty if there is no such group).
@@ -445,7 +475,8 @@ impl<K: Eq + Hash + Clone> SharedGroups<K> {
 
     /// Calls `f(group, filter, member_count)` for every group (for route rebuilds).
     pub fn for_each_group(&self, mut f: impl FnMut(&str, &str, usize)) {
-        self.groups.for_each(|filter, group, g| f(group, filter, g.members.len()));
+        self.groups
+            .for_each(|filter, group, g| f(group, filter, g.members.len()));
     }
 
     /// Number of (group, filter) pairs with at least one member.
@@ -472,7 +503,10 @@ mod tests {
     fn matched(tree: &SubscriptionTree<u32, u8>, topic: &str) -> BTreeSet<(String, u32, u8)> {
         let mut out = BTreeSet::new();
         tree.for_each_match(topic, |f, k, v| {
-            assert!(out.insert((f.to_string(), *k, *v)), "visited twice: {f} {k}");
+            assert!(
+                out.insert((f.to_string(), *k, *v)),
+                "visited twice: {f} {k}"
+            );
         });
         out
     }
@@ -518,12 +552,25 @@ mod tests {
     #[test]
     fn matching_rules() {
         let mut t = SubscriptionTree::new();
-        for (i, f) in ["a/b", "a/+", "a/#", "#", "+/b", "+", "a/b/#", "$SYS/#", "$SYS/+", "+/+/#"].iter().enumerate() {
+        for (i, f) in [
+            "a/b", "a/+", "a/#", "#", "+/b", "+", "a/b/#", "$SYS/#", "$SYS/+", "+/+/#",
+        ]
+        .iter()
+        .enumerate()
+        {
             t.insert(f, i as u32, 0);
         }
-        let filters = |topic| matched(&t, topic).into_iter().map(|(f, _, _)| f).collect::<BTreeSet<_>>();
+        let filters = |topic| {
+            matched(&t, topic)
+                .into_iter()
+                .map(|(f, _, _)| f)
+                .collect::<BTreeSet<_>>()
+        };
         let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-        assert_eq!(filters("a/b"), set(&["a/b", "a/+", "a/#", "#", "+/b", "a/b/#", "+/+/#"]));
+        assert_eq!(
+            filters("a/b"),
+            set(&["a/b", "a/+", "a/#", "#", "+/b", "a/b/#", "+/+/#"])
+        );
         assert_eq!(filters("a"), set(&["a/#", "#", "+"]));
         assert_eq!(filters("$SYS/x"), set(&["$SYS/#", "$SYS/+"]));
         assert_eq!(filters("$SYS"), set(&["$SYS/#"]));
@@ -552,10 +599,14 @@ mod tests {
         assert!(!g.add("g", "a/+", 3));
         assert!(g.add("h", "a/+", 9));
         assert_eq!(g.members("g", "a/+"), &[1, 2, 3]);
-        let picks: Vec<_> = (0..6).filter_map(|_| g.pick("g", "a/+", |_| true)).collect();
+        let picks: Vec<_> = (0..6)
+            .filter_map(|_| g.pick("g", "a/+", |_| true))
+            .collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
         // Only eligible members, still rotating among them.
-        let picks: Vec<_> = (0..4).filter_map(|_| g.pick("g", "a/+", |&k| k != 2)).collect();
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| g.pick("g", "a/+", |&k| k != 2))
+            .collect();
         assert_eq!(picks, [1, 3, 1, 3]);
         assert_eq!(g.pick("g", "a/+", |_| false), None);
         assert_eq!(g.pick("nope", "a/+", |_| true), None);
@@ -563,11 +614,16 @@ mod tests {
         let mut seen = Vec::new();
         g.for_each_matching_group("a/x", |grp, f| seen.push((grp.to_string(), f.to_string())));
         seen.sort();
-        assert_eq!(seen, [("g".into(), "a/+".into()), ("h".into(), "a/+".into())]);
+        assert_eq!(
+            seen,
+            [("g".into(), "a/+".into()), ("h".into(), "a/+".into())]
+        );
 
         assert!(!g.remove("g", "a/+", &1));
         assert!(!g.remove("g", "a/+", &1));
-        let picks: BTreeSet<_> = (0..4).filter_map(|_| g.pick("g", "a/+", |_| true)).collect();
+        let picks: BTreeSet<_> = (0..4)
+            .filter_map(|_| g.pick("g", "a/+", |_| true))
+            .collect();
         assert_eq!(picks, BTreeSet::from([2, 3]));
         assert!(!g.remove("g", "a/+", &2));
         assert!(g.remove("g", "a/+", &3));
@@ -597,14 +653,15 @@ mod tests {
         }
 
         fn topic() -> impl Strategy<Value = String> {
-            prop::collection::vec(prop::sample::select(&["a", "b", "", "$s", "c"][..]), 1..5).prop_map(|v| {
-                let s = v.join("/");
-                if s.is_empty() {
-                    "c".to_string()
-                } else {
-                    s
-                }
-            })
+            prop::collection::vec(prop::sample::select(&["a", "b", "", "$s", "c"][..]), 1..5)
+                .prop_map(|v| {
+                    let s = v.join("/");
+                    if s.is_empty() {
+                        "c".to_string()
+                    } else {
+                        s
+                    }
+                })
         }
 
         proptest! {

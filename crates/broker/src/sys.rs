@@ -53,6 +53,7 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ("$SYS/broker/bytes/sent", load(&s.bytes_sent)),
         ("$SYS/broker/subscriptions/count", s.subscriptions.load(Ordering::Relaxed).max(0).to_string()),
         ("$SYS/broker/retained messages/count", broker.retained_count().to_string()),
+        ("$SYS/broker/packets/malformed", s.malformed().values().sum::<u64>().to_string()),
     ]
 }
 

@@ -109,7 +109,10 @@ pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, TopicError
         return Err(TopicError::MissingShareFilter);
     }
     validate_topic_filter(inner)?;
-    Ok(Some(SharedFilter { group, filter: inner }))
+    Ok(Some(SharedFilter {
+        group,
+        filter: inner,
+    }))
 }
 
 /// True if `filter` contains a `+` or `#` wildcard.
@@ -164,7 +167,10 @@ fn level(s: &str) -> Level<'_> {
 /// Iterates a filter's levels, with a leading `#` expanded to `+`, `#`.
 fn normalise(filter: &str) -> impl Iterator<Item = Level<'_>> {
     let leading_hash = filter == "#";
-    let expansion = leading_hash.then_some([Level::Plus, Level::Hash]).into_iter().flatten();
+    let expansion = leading_hash
+        .then_some([Level::Plus, Level::Hash])
+        .into_iter()
+        .flatten();
     let rest = filter.split('/').filter(move |_| !leading_hash).map(level);
     expansion.chain(rest)
 }
@@ -186,7 +192,10 @@ pub fn filter_covers(pattern: &str, filter: &str) -> bool {
     loop {
         let (pl, fl) = (p.next(), f.next());
         // The `$` rule: a wildcard first level in `pattern` never reaches a `$` topic.
-        if first && matches!(pl, Some(Level::Plus | Level::Hash)) && fl.is_some_and(is_dollar_literal) {
+        if first
+            && matches!(pl, Some(Level::Plus | Level::Hash))
+            && fl.is_some_and(is_dollar_literal)
+        {
             return false;
         }
         first = false;
@@ -243,21 +252,42 @@ mod tests {
         assert_eq!(validate_topic_name("a#"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a\0b"), Err(TopicError::NullChar));
         assert_eq!(validate_topic_name(&"a".repeat(MAX_TOPIC_LEN)), Ok(()));
-        assert_eq!(validate_topic_name(&"a".repeat(MAX_TOPIC_LEN + 1)), Err(TopicError::TooLong));
+        assert_eq!(
+            validate_topic_name(&"a".repeat(MAX_TOPIC_LEN + 1)),
+            Err(TopicError::TooLong)
+        );
     }
 
     #[test]
     fn topic_filters() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a//b", "+/a/#", "$SYS/#", "$share/g/a"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a//b",
+            "+/a/#",
+            "$SYS/#",
+            "$share/g/a",
+        ] {
             assert_eq!(validate_topic_filter(ok), Ok(()), "{ok}");
         }
         assert_eq!(validate_topic_filter(""), Err(TopicError::Empty));
         assert_eq!(validate_topic_filter("a\0"), Err(TopicError::NullChar));
         for bad in ["a/#/b", "a#", "#/", "a/b#", "##"] {
-            assert_eq!(validate_topic_filter(bad), Err(TopicError::BadMultiLevelWildcard), "{bad}");
+            assert_eq!(
+                validate_topic_filter(bad),
+                Err(TopicError::BadMultiLevelWildcard),
+                "{bad}"
+            );
         }
         for bad in ["a+", "a/+b", "++", "+a/b"] {
-            assert_eq!(validate_topic_filter(bad), Err(TopicError::BadSingleLevelWildcard), "{bad}");
+            assert_eq!(
+                validate_topic_filter(bad),
+                Err(TopicError::BadSingleLevelWildcard),
+                "{bad}"
+            );
         }
     }
 
@@ -265,16 +295,43 @@ mod tests {
     fn shared_filters() {
         assert_eq!(parse_shared("a/b"), Ok(None));
         assert_eq!(parse_shared("$share"), Ok(None));
-        assert_eq!(parse_shared("$share/g/a/+"), Ok(Some(SharedFilter { group: "g", filter: "a/+" })));
-        assert_eq!(parse_shared("$share/g/#"), Ok(Some(SharedFilter { group: "g", filter: "#" })));
-        assert_eq!(parse_shared("$share/g//"), Ok(Some(SharedFilter { group: "g", filter: "/" })));
+        assert_eq!(
+            parse_shared("$share/g/a/+"),
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "a/+"
+            }))
+        );
+        assert_eq!(
+            parse_shared("$share/g/#"),
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "#"
+            }))
+        );
+        assert_eq!(
+            parse_shared("$share/g//"),
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "/"
+            }))
+        );
         assert_eq!(parse_shared("$share/"), Err(TopicError::BadShareGroup));
         assert_eq!(parse_shared("$share//a"), Err(TopicError::BadShareGroup));
         assert_eq!(parse_shared("$share/+/a"), Err(TopicError::BadShareGroup));
         assert_eq!(parse_shared("$share/g#/a"), Err(TopicError::BadShareGroup));
-        assert_eq!(parse_shared("$share/g"), Err(TopicError::MissingShareFilter));
-        assert_eq!(parse_shared("$share/g/"), Err(TopicError::MissingShareFilter));
-        assert_eq!(parse_shared("$share/g/a/#/b"), Err(TopicError::BadMultiLevelWildcard));
+        assert_eq!(
+            parse_shared("$share/g"),
+            Err(TopicError::MissingShareFilter)
+        );
+        assert_eq!(
+            parse_shared("$share/g/"),
+            Err(TopicError::MissingShareFilter)
+        );
+        assert_eq!(
+            parse_shared("$share/g/a/#/b"),
+            Err(TopicError::BadMultiLevelWildcard)
+        );
     }
 
     #[test]
@@ -346,13 +403,33 @@ mod tests {
 
     #[test]
     fn overlapping() {
-        let yes = [("#", "a"), ("a/+", "+/b"), ("a/#", "a"), ("secret/#", "#"), ("+/#", "#"), ("$SYS/#", "$SYS/+")];
+        let yes = [
+            ("#", "a"),
+            ("a/+", "+/b"),
+            ("a/#", "a"),
+            ("secret/#", "#"),
+            ("+/#", "#"),
+            ("$SYS/#", "$SYS/+"),
+        ];
         for (a, b) in yes {
-            assert!(filters_overlap(a, b) && filters_overlap(b, a), "{a} should overlap {b}");
+            assert!(
+                filters_overlap(a, b) && filters_overlap(b, a),
+                "{a} should overlap {b}"
+            );
         }
-        let no = [("#", "$SYS/#"), ("+/x", "$SYS/+"), ("a/+", "a"), ("a/b", "a/c"), ("+", "a/b"), ("a/b/#", "a")];
+        let no = [
+            ("#", "$SYS/#"),
+            ("+/x", "$SYS/+"),
+            ("a/+", "a"),
+            ("a/b", "a/c"),
+            ("+", "a/b"),
+            ("a/b/#", "a"),
+        ];
         for (a, b) in no {
-            assert!(!filters_overlap(a, b) && !filters_overlap(b, a), "{a} should not overlap {b}");
+            assert!(
+                !filters_overlap(a, b) && !filters_overlap(b, a),
+                "{a} should not overlap {b}"
+            );
         }
     }
 
