@@ -37,6 +37,7 @@ const MAX_INCOMING: usize = tern_codec::MAX_REMAINING_LENGTH + 5;
 
 /// What one read from the broker produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a test helper; matching on `Packet` directly matters more
 pub enum Recv {
     Packet(Packet),
     /// The broker closed the connection (EOF or reset).
@@ -86,7 +87,13 @@ pub fn publish_packet(topic: &str, payload: impl AsRef<[u8]>, qos: QoS, retain: 
 
 /// A subscription filter with default v5 options at `qos`.
 pub fn filter(topic: &str, qos: QoS) -> SubscribeFilter {
-    SubscribeFilter { filter: topic.to_string(), options: SubscriptionOptions { qos, ..Default::default() } }
+    SubscribeFilter {
+        filter: topic.to_string(),
+        options: SubscriptionOptions {
+            qos,
+            ..Default::default()
+        },
+    }
 }
 
 /// The 3.1.1 CONNACK return code carried by a decoded CONNACK, whichever way the codec
@@ -150,18 +157,26 @@ impl RawClient {
     pub async fn connect_ok(addr: SocketAddr, connect: Connect) -> (Self, ConnAck) {
         let id = connect.client_id.clone();
         let (client, ack) = Self::connect_with(addr, connect).await;
-        assert_eq!(ack.reason, ReasonCode::SUCCESS, "CONNACK for client {id:?} is not success: {ack:?}");
+        assert_eq!(
+            ack.reason,
+            ReasonCode::SUCCESS,
+            "CONNACK for client {id:?} is not success: {ack:?}"
+        );
         (client, ack)
     }
 
     /// A v5 client with a clean start.
     pub async fn v5(addr: SocketAddr, client_id: &str) -> Self {
-        Self::connect_ok(addr, connect_packet(ProtocolVersion::V5, client_id)).await.0
+        Self::connect_ok(addr, connect_packet(ProtocolVersion::V5, client_id))
+            .await
+            .0
     }
 
     /// A 3.1.1 client with a clean session.
     pub async fn v311(addr: SocketAddr, client_id: &str) -> Self {
-        Self::connect_ok(addr, connect_packet(ProtocolVersion::V311, client_id)).await.0
+        Self::connect_ok(addr, connect_packet(ProtocolVersion::V311, client_id))
+            .await
+            .0
     }
 
     pub fn version(&self) -> ProtocolVersion {
@@ -197,7 +212,12 @@ impl RawClient {
             self.stream.flush().await
         })
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            ))
+        })
     }
 
     /// The next packet from the broker, or `Closed`, or `Timeout` after `timeout`.
@@ -215,7 +235,8 @@ impl RawClient {
             if self.closed {
                 return Recv::Closed;
             }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf)).await {
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf)).await
+            {
                 Err(_) => return Recv::Timeout,
                 Ok(Ok(0)) | Ok(Err(_)) => self.closed = true,
                 Ok(Ok(_)) => {}
@@ -241,7 +262,11 @@ impl RawClient {
 
     /// Waits for the first packet `pick` accepts; packets it declines are kept, in order,
     /// for later `recv` calls. Panics on timeout or close.
-    pub async fn expect_matching<T>(&mut self, what: &str, mut pick: impl FnMut(&Packet) -> Option<T>) -> T {
+    pub async fn expect_matching<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&Packet) -> Option<T>,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         // Look at what is already kept first.
         if let Some(i) = self.pending.iter().position(|p| pick(p).is_some()) {
@@ -265,7 +290,10 @@ impl RawClient {
         self.pending = pending;
         match result {
             Ok(t) => t,
-            Err(other) => panic!("waiting for {what}: got {other:?}; other packets meanwhile: {:?}", self.pending),
+            Err(other) => panic!(
+                "waiting for {what}: got {other:?}; other packets meanwhile: {:?}",
+                self.pending
+            ),
         }
     }
 
@@ -327,8 +355,12 @@ impl RawClient {
     /// Subscribes to several filters in one SUBSCRIBE with default options.
     pub async fn subscribe_many(&mut self, filters: &[(&str, QoS)]) -> SubAck {
         let filters = filters.iter().map(|(f, q)| filter(f, *q)).collect();
-        self.subscribe_packet(Subscribe { packet_id: 0, filters, properties: SubscribeProperties::default() })
-            .await
+        self.subscribe_packet(Subscribe {
+            packet_id: 0,
+            filters,
+            properties: SubscribeProperties::default(),
+        })
+        .await
     }
 
     /// Subscribes to one filter and panics unless it is granted at `qos`.
@@ -360,8 +392,15 @@ impl RawClient {
 
     /// Publishes and completes the QoS flow (PUBACK, or PUBREC/PUBREL/PUBCOMP). Returns the
     /// reason code of the PUBACK or PUBREC (SUCCESS for QoS 0).
-    pub async fn publish(&mut self, topic: &str, payload: impl AsRef<[u8]>, qos: QoS, retain: bool) -> ReasonCode {
-        self.publish_packet(publish_packet(topic, payload, qos, retain)).await
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        qos: QoS,
+        retain: bool,
+    ) -> ReasonCode {
+        self.publish_packet(publish_packet(topic, payload, qos, retain))
+            .await
     }
 
     /// Like [`RawClient::publish`], for a PUBLISH built by the caller.
@@ -426,7 +465,10 @@ impl RawClient {
         while got.len() < n {
             let p = match self.recv(TIMEOUT).await {
                 Recv::Packet(Packet::Publish(p)) => p,
-                other => panic!("waiting for PUBLISH {} of {n}: got {other:?}; received so far {got:?}", got.len() + 1),
+                other => panic!(
+                    "waiting for PUBLISH {} of {n}: got {other:?}; received so far {got:?}",
+                    got.len() + 1
+                ),
             };
             self.ack(&p).await;
             got.push(p);
@@ -442,7 +484,9 @@ impl RawClient {
         loop {
             let p = match self.recv(TIMEOUT).await {
                 Recv::Packet(Packet::Publish(p)) => p,
-                other => panic!("waiting for fence {fence:?}: got {other:?}; received before it {got:?}"),
+                other => {
+                    panic!("waiting for fence {fence:?}: got {other:?}; received before it {got:?}")
+                }
             };
             self.ack(&p).await;
             if p.payload.as_ref() == fence.as_bytes() {
@@ -455,7 +499,8 @@ impl RawClient {
     /// PINGREQ, then waits for PINGRESP; other packets are kept for later.
     pub async fn ping(&mut self) {
         self.send(Packet::PingReq).await;
-        self.expect_matching("PINGRESP", |p| matches!(p, Packet::PingResp).then_some(())).await;
+        self.expect_matching("PINGRESP", |p| matches!(p, Packet::PingResp).then_some(()))
+            .await;
     }
 
     /// Normal DISCONNECT (reason 0), then waits until the broker has closed its side, so
@@ -469,8 +514,14 @@ impl RawClient {
         self.send(Packet::Disconnect(disconnect)).await;
         let _ = self.stream.shutdown().await;
         let left = self.expect_closed(TIMEOUT).await;
-        let unexpected: Vec<_> = left.iter().filter(|p| !matches!(p, Packet::Publish(_))).collect();
-        assert!(unexpected.is_empty(), "unexpected packets after DISCONNECT: {unexpected:?}");
+        let unexpected: Vec<_> = left
+            .iter()
+            .filter(|p| !matches!(p, Packet::Publish(_)))
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "unexpected packets after DISCONNECT: {unexpected:?}"
+        );
     }
 
     /// Drops the TCP connection without DISCONNECT: a network failure as the broker sees it.
@@ -512,7 +563,11 @@ where
                 }
             }
         });
-        Self { rx, task: Some(task), ended: false }
+        Self {
+            rx,
+            task: Some(task),
+            ended: false,
+        }
     }
 
     /// The next event or error, `None` after `timeout` or once the loop has ended.

@@ -22,19 +22,29 @@ async fn v4_client(node: &TestNode, id: &str) -> (AsyncClient, V4Pump) {
         let r = el.poll().await;
         (el, r)
     });
-    pump.wait_for("CONNACK", |e| matches!(e, Event::Incoming(V4Packet::ConnAck(_))).then_some(())).await;
+    pump.wait_for("CONNACK", |e| {
+        matches!(e, Event::Incoming(V4Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     (client, pump)
 }
 
 async fn v4_subscribe(client: &AsyncClient, pump: &mut V4Pump, filter: &str, qos: V4QoS) {
-    client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+    client
+        .subscribe(filter, qos)
+        .await
+        .expect("queue SUBSCRIBE");
     let ack = pump
         .wait_for("SUBACK", |e| match e {
             Event::Incoming(V4Packet::SubAck(a)) => Some(a.clone()),
             _ => None,
         })
         .await;
-    assert_eq!(ack.return_codes, vec![rumqttc::SubscribeReasonCode::Success(qos)], "SUBACK for {filter}");
+    assert_eq!(
+        ack.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(qos)],
+        "SUBACK for {filter}"
+    );
 }
 
 /// Publishes received until the one with payload `fence` (excluded).
@@ -59,8 +69,10 @@ async fn v5_client(node: &TestNode, id: &str) -> (rumqttc::v5::AsyncClient, V5Pu
         let r = el.poll().await;
         (el, r)
     });
-    pump.wait_for("CONNACK", |e| matches!(e, rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))).then_some(()))
-        .await;
+    pump.wait_for("CONNACK", |e| {
+        matches!(e, rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     (client, pump)
 }
 
@@ -73,12 +85,19 @@ async fn v311_qos_0_1_2_round_trip_exact_counts() {
 
     const N: usize = 50;
     for i in 0..N {
-        for (topic, qos) in [("qos311/0", V4QoS::AtMostOnce), ("qos311/1", V4QoS::AtLeastOnce), ("qos311/2", V4QoS::ExactlyOnce)]
-        {
-            publ.publish(topic, qos, false, format!("{i}")).await.expect("queue publish");
+        for (topic, qos) in [
+            ("qos311/0", V4QoS::AtMostOnce),
+            ("qos311/1", V4QoS::AtLeastOnce),
+            ("qos311/2", V4QoS::ExactlyOnce),
+        ] {
+            publ.publish(topic, qos, false, format!("{i}"))
+                .await
+                .expect("queue publish");
         }
     }
-    publ.publish("qos311/2", V4QoS::ExactlyOnce, false, "fence").await.expect("queue publish");
+    publ.publish("qos311/2", V4QoS::ExactlyOnce, false, "fence")
+        .await
+        .expect("queue publish");
 
     // The publisher sees every acknowledgement: N PUBACKs and N + 1 PUBCOMPs.
     let (mut acks, mut comps) = (0, 0);
@@ -94,13 +113,26 @@ async fn v311_qos_0_1_2_round_trip_exact_counts() {
         .await;
 
     let got = v4_until_fence(&mut sub_pump, "fence").await;
-    for (topic, qos) in [("qos311/0", V4QoS::AtMostOnce), ("qos311/1", V4QoS::AtLeastOnce), ("qos311/2", V4QoS::ExactlyOnce)] {
+    for (topic, qos) in [
+        ("qos311/0", V4QoS::AtMostOnce),
+        ("qos311/1", V4QoS::AtLeastOnce),
+        ("qos311/2", V4QoS::ExactlyOnce),
+    ] {
         let on_topic: Vec<_> = got.iter().filter(|p| p.topic == topic).collect();
         let payloads: Vec<String> = on_topic.iter().map(|p| text(&p.payload)).collect();
         let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
-        assert_eq!(payloads, expected, "{topic}: every message exactly once, in order");
-        assert!(on_topic.iter().all(|p| p.qos == qos), "{topic}: delivered at the publish QoS {qos:?}");
-        assert!(on_topic.iter().all(|p| !p.dup), "{topic}: nothing is a redelivery on a healthy link");
+        assert_eq!(
+            payloads, expected,
+            "{topic}: every message exactly once, in order"
+        );
+        assert!(
+            on_topic.iter().all(|p| p.qos == qos),
+            "{topic}: delivered at the publish QoS {qos:?}"
+        );
+        assert!(
+            on_topic.iter().all(|p| !p.dup),
+            "{topic}: nothing is a redelivery on a healthy link"
+        );
     }
     assert_eq!(got.len(), 3 * N, "no message on any other topic");
 }
@@ -109,26 +141,42 @@ async fn v311_qos_0_1_2_round_trip_exact_counts() {
 async fn v5_qos_0_1_2_round_trip_exact_counts() {
     let node = TestNode::start().await;
     let (sub, mut sub_pump) = v5_client(&node, "qos-v5-sub").await;
-    sub.subscribe("qos5/#", V5QoS::ExactlyOnce).await.expect("queue SUBSCRIBE");
+    sub.subscribe("qos5/#", V5QoS::ExactlyOnce)
+        .await
+        .expect("queue SUBSCRIBE");
     sub_pump
-        .wait_for("SUBACK", |e| matches!(e, rumqttc::v5::Event::Incoming(V5Packet::SubAck(_))).then_some(()))
+        .wait_for("SUBACK", |e| {
+            matches!(e, rumqttc::v5::Event::Incoming(V5Packet::SubAck(_))).then_some(())
+        })
         .await;
     let (publ, mut pub_pump) = v5_client(&node, "qos-v5-pub").await;
 
     const N: usize = 50;
     for i in 0..N {
-        for (topic, qos) in [("qos5/0", V5QoS::AtMostOnce), ("qos5/1", V5QoS::AtLeastOnce), ("qos5/2", V5QoS::ExactlyOnce)] {
-            publ.publish(topic, qos, false, format!("{i}")).await.expect("queue publish");
+        for (topic, qos) in [
+            ("qos5/0", V5QoS::AtMostOnce),
+            ("qos5/1", V5QoS::AtLeastOnce),
+            ("qos5/2", V5QoS::ExactlyOnce),
+        ] {
+            publ.publish(topic, qos, false, format!("{i}"))
+                .await
+                .expect("queue publish");
         }
     }
-    publ.publish("qos5/2", V5QoS::ExactlyOnce, false, "fence").await.expect("queue publish");
+    publ.publish("qos5/2", V5QoS::ExactlyOnce, false, "fence")
+        .await
+        .expect("queue publish");
     let (mut acks, mut comps) = (0, 0);
     pub_pump
         .wait_for("all acknowledgements", |e| {
             match e {
                 rumqttc::v5::Event::Incoming(V5Packet::PubAck(a)) => {
                     // No subscriber-less 0x10 here: there is a subscriber.
-                    assert_eq!(a.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success, "{a:?}");
+                    assert_eq!(
+                        a.reason,
+                        rumqttc::v5::mqttbytes::v5::PubAckReason::Success,
+                        "{a:?}"
+                    );
                     acks += 1
                 }
                 rumqttc::v5::Event::Incoming(V5Packet::PubComp(_)) => comps += 1,
@@ -141,7 +189,11 @@ async fn v5_qos_0_1_2_round_trip_exact_counts() {
     let mut got = Vec::new();
     sub_pump
         .wait_for("fence", |e| match e {
-            rumqttc::v5::Event::Incoming(V5Packet::Publish(p)) if p.payload.as_ref() == b"fence" => Some(()),
+            rumqttc::v5::Event::Incoming(V5Packet::Publish(p))
+                if p.payload.as_ref() == b"fence" =>
+            {
+                Some(())
+            }
             rumqttc::v5::Event::Incoming(V5Packet::Publish(p)) => {
                 got.push(p.clone());
                 None
@@ -149,12 +201,25 @@ async fn v5_qos_0_1_2_round_trip_exact_counts() {
             _ => None,
         })
         .await;
-    for (topic, qos) in [("qos5/0", V5QoS::AtMostOnce), ("qos5/1", V5QoS::AtLeastOnce), ("qos5/2", V5QoS::ExactlyOnce)] {
-        let on_topic: Vec<_> = got.iter().filter(|p| p.topic.as_ref() == topic.as_bytes()).collect();
+    for (topic, qos) in [
+        ("qos5/0", V5QoS::AtMostOnce),
+        ("qos5/1", V5QoS::AtLeastOnce),
+        ("qos5/2", V5QoS::ExactlyOnce),
+    ] {
+        let on_topic: Vec<_> = got
+            .iter()
+            .filter(|p| p.topic.as_ref() == topic.as_bytes())
+            .collect();
         let payloads: Vec<String> = on_topic.iter().map(|p| text(&p.payload)).collect();
         let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
-        assert_eq!(payloads, expected, "{topic}: every message exactly once, in order");
-        assert!(on_topic.iter().all(|p| p.qos == qos), "{topic}: delivered at the publish QoS {qos:?}");
+        assert_eq!(
+            payloads, expected,
+            "{topic}: every message exactly once, in order"
+        );
+        assert!(
+            on_topic.iter().all(|p| p.qos == qos),
+            "{topic}: delivered at the publish QoS {qos:?}"
+        );
     }
     assert_eq!(got.len(), 3 * N, "no message on any other topic");
 }
@@ -173,7 +238,10 @@ async fn delivery_qos_is_min_of_publish_and_subscription() {
     publ.publish("dg/2", "c", QoS::AtLeastOnce, false).await;
     publ.publish("dg/2", "d", QoS::AtMostOnce, false).await;
     let got = sub.recv_publishes(4).await;
-    let seen: Vec<_> = got.iter().map(|p| (p.topic.as_str(), text(&p.payload), p.qos)).collect();
+    let seen: Vec<_> = got
+        .iter()
+        .map(|p| (p.topic.as_str(), text(&p.payload), p.qos))
+        .collect();
     assert_eq!(
         seen,
         vec![
@@ -210,21 +278,33 @@ async fn qos2_unacked_publish_is_redelivered_with_dup(version: ProtocolVersion) 
     publ.publish(&topic, "m1", QoS::ExactlyOnce, false).await;
 
     let first = sub.expect_publish().await;
-    assert_eq!((text(&first.payload).as_str(), first.qos, first.dup), ("m1", QoS::ExactlyOnce, false));
+    assert_eq!(
+        (text(&first.payload).as_str(), first.qos, first.dup),
+        ("m1", QoS::ExactlyOnce, false)
+    );
     sub.drop_connection();
 
     let (mut sub, ack) = RawClient::connect_ok(addr, persistent(version, &id)).await;
     assert!(ack.session_present, "{ack:?}");
     let again = sub.expect_publish().await;
     assert_eq!(text(&again.payload), "m1", "{again:?}");
-    assert!(again.dup, "a redelivered PUBLISH must have DUP=1: {again:?}");
-    assert_eq!(again.packet_id, first.packet_id, "a redelivered PUBLISH keeps its packet id");
+    assert!(
+        again.dup,
+        "a redelivered PUBLISH must have DUP=1: {again:?}"
+    );
+    assert_eq!(
+        again.packet_id, first.packet_id,
+        "a redelivered PUBLISH keeps its packet id"
+    );
     assert_eq!(again.qos, QoS::ExactlyOnce);
     sub.ack(&again).await;
 
     publ.publish(&topic, "fence", QoS::ExactlyOnce, false).await;
     let extra = sub.recv_until_payload("fence").await;
-    assert!(extra.is_empty(), "m1 must not be delivered again after the flow completed: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "m1 must not be delivered again after the flow completed: {extra:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +331,8 @@ async fn qos2_pubrel_is_resent_after_reconnect(version: ProtocolVersion) {
     publ.publish(&topic, "m1", QoS::ExactlyOnce, false).await;
 
     let first = sub.expect_publish().await;
-    sub.send(Packet::PubRec(PubResponse::new(first.packet_id))).await;
+    sub.send(Packet::PubRec(PubResponse::new(first.packet_id)))
+        .await;
     match sub.expect("PUBREL").await {
         Packet::PubRel(r) => assert_eq!(r.packet_id, first.packet_id),
         other => panic!("expected PUBREL, got {other:?}"),
@@ -262,13 +343,19 @@ async fn qos2_pubrel_is_resent_after_reconnect(version: ProtocolVersion) {
     assert!(ack.session_present, "{ack:?}");
     match sub.expect("resent PUBREL").await {
         Packet::PubRel(r) => assert_eq!(r.packet_id, first.packet_id, "{r:?}"),
-        other => panic!("after PUBREC the broker must resend PUBREL, not the message: got {other:?}"),
+        other => {
+            panic!("after PUBREC the broker must resend PUBREL, not the message: got {other:?}")
+        }
     }
-    sub.send(Packet::PubComp(PubResponse::new(first.packet_id))).await;
+    sub.send(Packet::PubComp(PubResponse::new(first.packet_id)))
+        .await;
 
     publ.publish(&topic, "fence", QoS::ExactlyOnce, false).await;
     let extra = sub.recv_until_payload("fence").await;
-    assert!(extra.is_empty(), "m1 must not be delivered again: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "m1 must not be delivered again: {extra:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +376,8 @@ async fn qos2_publisher_resend_is_not_duplicated(version: ProtocolVersion) {
     v4_subscribe(&sub, &mut sub_pump, "q2/resend", V4QoS::ExactlyOnce).await;
 
     let pub_id = format!("q2-resend-pub-{}", version.label());
-    let (mut publ, _) = RawClient::connect_ok(node.mqtt_addr(), connect_packet(version, &pub_id)).await;
+    let (mut publ, _) =
+        RawClient::connect_ok(node.mqtt_addr(), connect_packet(version, &pub_id)).await;
     let mut p = publish_packet("q2/resend", "once", QoS::ExactlyOnce, false);
     p.packet_id = 7;
     publ.send(Packet::Publish(p.clone())).await;
@@ -300,7 +388,10 @@ async fn qos2_publisher_resend_is_not_duplicated(version: ProtocolVersion) {
     p.dup = true;
     publ.send(Packet::Publish(p)).await;
     match publ.expect("second PUBREC").await {
-        Packet::PubRec(r) => assert_eq!(r.packet_id, 7, "the resend must be answered with PUBREC again"),
+        Packet::PubRec(r) => assert_eq!(
+            r.packet_id, 7,
+            "the resend must be answered with PUBREC again"
+        ),
         other => panic!("expected PUBREC, got {other:?}"),
     }
     publ.send(Packet::PubRel(PubResponse::new(7))).await;
@@ -308,11 +399,16 @@ async fn qos2_publisher_resend_is_not_duplicated(version: ProtocolVersion) {
         Packet::PubComp(r) => assert_eq!(r.packet_id, 7),
         other => panic!("expected PUBCOMP, got {other:?}"),
     }
-    publ.publish("q2/resend", "fence", QoS::ExactlyOnce, false).await;
+    publ.publish("q2/resend", "fence", QoS::ExactlyOnce, false)
+        .await;
 
     let got = v4_until_fence(&mut sub_pump, "fence").await;
     let payloads: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
-    assert_eq!(payloads, vec!["once"], "the message must be delivered exactly once");
+    assert_eq!(
+        payloads,
+        vec!["once"],
+        "the message must be delivered exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,11 +446,16 @@ async fn v5_qos2_publisher_reconnects_and_resends_pubrel() {
     match publ.expect("PUBCOMP").await {
         Packet::PubComp(r) => {
             assert_eq!(r.packet_id, 11);
-            assert_eq!(r.reason, tern_codec::ReasonCode::SUCCESS, "the packet id is known to the session: {r:?}");
+            assert_eq!(
+                r.reason,
+                tern_codec::ReasonCode::SUCCESS,
+                "the packet id is known to the session: {r:?}"
+            );
         }
         other => panic!("expected PUBCOMP, got {other:?}"),
     }
-    publ.publish("q2/pubrel-pub", "fence", QoS::ExactlyOnce, false).await;
+    publ.publish("q2/pubrel-pub", "fence", QoS::ExactlyOnce, false)
+        .await;
     let got = sub.recv_until_payload("fence").await;
     let payloads: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
     assert_eq!(payloads, vec!["once"]);
@@ -367,7 +468,8 @@ async fn v5_qos1_unacked_publish_is_redelivered_with_dup() {
     let (mut sub, _) = RawClient::connect_ok(addr, persistent(V5, "q1-redeliver")).await;
     sub.subscribe("q1/redeliver", QoS::AtLeastOnce).await;
     let mut publ = RawClient::v5(addr, "q1-redeliver-pub").await;
-    publ.publish("q1/redeliver", "m1", QoS::AtLeastOnce, false).await;
+    publ.publish("q1/redeliver", "m1", QoS::AtLeastOnce, false)
+        .await;
     let first = sub.expect_publish().await;
     assert!(!first.dup);
     sub.drop_connection();
@@ -375,11 +477,19 @@ async fn v5_qos1_unacked_publish_is_redelivered_with_dup() {
     let (mut sub, ack) = RawClient::connect_ok(addr, persistent(V5, "q1-redeliver")).await;
     assert!(ack.session_present);
     let again = sub.expect_publish().await;
-    assert_eq!((text(&again.payload).as_str(), again.dup, again.packet_id), ("m1", true, first.packet_id), "{again:?}");
+    assert_eq!(
+        (text(&again.payload).as_str(), again.dup, again.packet_id),
+        ("m1", true, first.packet_id),
+        "{again:?}"
+    );
     sub.ack(&again).await;
-    publ.publish("q1/redeliver", "fence", QoS::AtLeastOnce, false).await;
+    publ.publish("q1/redeliver", "fence", QoS::AtLeastOnce, false)
+        .await;
     let extra = sub.recv_until_payload("fence").await;
-    assert!(extra.is_empty(), "acknowledged message delivered again: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "acknowledged message delivered again: {extra:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,10 +501,14 @@ async fn many_qos2_messages_exactly_once_between_raw_clients() {
     let mut publ = RawClient::v5(addr, "q2-many-pub").await;
     const N: usize = 200;
     for i in 0..N {
-        publ.publish("q2/many", format!("{i}"), QoS::ExactlyOnce, false).await;
+        publ.publish("q2/many", format!("{i}"), QoS::ExactlyOnce, false)
+            .await;
     }
-    publ.publish("q2/many", "fence", QoS::ExactlyOnce, false).await;
-    let got = tokio::time::timeout(TIMEOUT * 2, sub.recv_until_payload("fence")).await.expect("all messages in time");
+    publ.publish("q2/many", "fence", QoS::ExactlyOnce, false)
+        .await;
+    let got = tokio::time::timeout(TIMEOUT * 2, sub.recv_until_payload("fence"))
+        .await
+        .expect("all messages in time");
     let payloads: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
     let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     assert_eq!(payloads, expected);

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet as V4Packet, QoS as V4QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet as V4Packet, QoS as V4QoS,
+};
 use tern_codec::{Disconnect, ProtocolVersion, QoS, ReasonCode};
 use tern_tests::clients::{connect_packet, text, will, Pump, RawClient, TIMEOUT};
 use tern_tests::TestNode;
@@ -19,7 +21,10 @@ async fn v4_client(opts: MqttOptions) -> (AsyncClient, V4Pump) {
         let r = el.poll().await;
         (el, r)
     });
-    pump.wait_for("CONNACK", |e| matches!(e, Event::Incoming(V4Packet::ConnAck(_))).then_some(())).await;
+    pump.wait_for("CONNACK", |e| {
+        matches!(e, Event::Incoming(V4Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     (client, pump)
 }
 
@@ -28,8 +33,14 @@ fn v4_opts(node: &TestNode, id: &str) -> MqttOptions {
 }
 
 async fn v4_subscribe(client: &AsyncClient, pump: &mut V4Pump, filter: &str, qos: V4QoS) {
-    client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
-    pump.wait_for("SUBACK", |e| matches!(e, Event::Incoming(V4Packet::SubAck(_))).then_some(())).await;
+    client
+        .subscribe(filter, qos)
+        .await
+        .expect("queue SUBSCRIBE");
+    pump.wait_for("SUBACK", |e| {
+        matches!(e, Event::Incoming(V4Packet::SubAck(_))).then_some(())
+    })
+    .await;
 }
 
 async fn v4_until_fence(pump: &mut V4Pump, fence: &str) -> Vec<rumqttc::Publish> {
@@ -56,11 +67,18 @@ async fn v311_late_subscriber_gets_retained_message_with_retain_flag() {
 
     let (sub, mut pump) = v4_client(v4_opts(&node, "ret-late")).await;
     v4_subscribe(&sub, &mut pump, "ret/#", V4QoS::AtLeastOnce).await;
-    publ.publish("ret/t", "fence", QoS::AtLeastOnce, false).await;
+    publ.publish("ret/t", "fence", QoS::AtLeastOnce, false)
+        .await;
     let got = v4_until_fence(&mut pump, "fence").await;
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].topic.as_str(), text(&got[0].payload).as_str()), ("ret/t", "kept"));
-    assert!(got[0].retain, "a retained message sent to a new subscriber has retain 1");
+    assert_eq!(
+        (got[0].topic.as_str(), text(&got[0].payload).as_str()),
+        ("ret/t", "kept")
+    );
+    assert!(
+        got[0].retain,
+        "a retained message sent to a new subscriber has retain 1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,13 +88,19 @@ async fn v5_late_subscriber_gets_latest_retained_message() {
     let mut publ = RawClient::v5(addr, "ret5-pub").await;
     publ.publish("ret5/t", "old", QoS::AtLeastOnce, true).await;
     publ.publish("ret5/t", "new", QoS::AtLeastOnce, true).await;
-    publ.publish("ret5/other", "other", QoS::AtLeastOnce, true).await;
+    publ.publish("ret5/other", "other", QoS::AtLeastOnce, true)
+        .await;
 
     let mut sub = RawClient::v5(addr, "ret5-late").await;
     sub.subscribe("ret5/t", QoS::AtLeastOnce).await;
-    publ.publish("ret5/t", "fence", QoS::AtLeastOnce, false).await;
+    publ.publish("ret5/t", "fence", QoS::AtLeastOnce, false)
+        .await;
     let got = sub.recv_until_payload("fence").await;
-    assert_eq!(got.len(), 1, "only the latest retained message on the topic: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "only the latest retained message on the topic: {got:?}"
+    );
     assert_eq!(text(&got[0].payload), "new");
     assert!(got[0].retain);
 }
@@ -92,21 +116,32 @@ async fn live_forward_of_retained_publish_clears_retain_flag_on_v311() {
     publ.publish("live/t", "r", QoS::AtLeastOnce, true).await;
     let p = sub.expect_publish().await;
     assert_eq!(text(&p.payload), "r");
-    assert!(!p.retain, "3.1.1: forwarded to an established subscription with retain 0");
+    assert!(
+        !p.retain,
+        "3.1.1: forwarded to an established subscription with retain 0"
+    );
 }
 
 async fn empty_retained_payload_clears(version: ProtocolVersion) {
     let node = TestNode::start().await;
     let addr = node.mqtt_addr();
-    let mut publ = RawClient::connect_ok(addr, connect_packet(version, "clear-pub")).await.0;
+    let mut publ = RawClient::connect_ok(addr, connect_packet(version, "clear-pub"))
+        .await
+        .0;
     publ.publish("clr/t", "kept", QoS::AtLeastOnce, true).await;
     publ.publish("clr/t", "", QoS::AtLeastOnce, true).await;
 
-    let mut sub = RawClient::connect_ok(addr, connect_packet(version, "clear-sub")).await.0;
+    let mut sub = RawClient::connect_ok(addr, connect_packet(version, "clear-sub"))
+        .await
+        .0;
     sub.subscribe("clr/#", QoS::AtLeastOnce).await;
-    publ.publish("clr/t", "fence", QoS::AtLeastOnce, false).await;
+    publ.publish("clr/t", "fence", QoS::AtLeastOnce, false)
+        .await;
     let got = sub.recv_until_payload("fence").await;
-    assert!(got.is_empty(), "an empty retained payload clears the retained message: {got:?}");
+    assert!(
+        got.is_empty(),
+        "an empty retained payload clears the retained message: {got:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,13 +163,27 @@ async fn retained_delivered_at_min_of_original_and_granted_qos() {
     publ.publish("retq/1", "q1", QoS::AtLeastOnce, true).await;
     publ.publish("retq/2", "q2", QoS::ExactlyOnce, true).await;
 
-    for (granted, id) in [(QoS::AtLeastOnce, "retq-sub-1"), (QoS::ExactlyOnce, "retq-sub-2"), (QoS::AtMostOnce, "retq-sub-0")] {
+    for (granted, id) in [
+        (QoS::AtLeastOnce, "retq-sub-1"),
+        (QoS::ExactlyOnce, "retq-sub-2"),
+        (QoS::AtMostOnce, "retq-sub-0"),
+    ] {
         let mut sub = RawClient::v311(addr, id).await;
         sub.subscribe("retq/+", granted).await;
-        let mut got: Vec<(String, QoS, bool)> =
-            sub.recv_publishes(3).await.into_iter().map(|p| (text(&p.payload), p.qos, p.retain)).collect();
+        let mut got: Vec<(String, QoS, bool)> = sub
+            .recv_publishes(3)
+            .await
+            .into_iter()
+            .map(|p| (text(&p.payload), p.qos, p.retain))
+            .collect();
         got.sort_by(|a, b| a.0.cmp(&b.0));
-        let min = |q: QoS| if (q as u8) < (granted as u8) { q } else { granted };
+        let min = |q: QoS| {
+            if (q as u8) < (granted as u8) {
+                q
+            } else {
+                granted
+            }
+        };
         assert_eq!(
             got,
             vec![
@@ -144,7 +193,8 @@ async fn retained_delivered_at_min_of_original_and_granted_qos() {
             ],
             "granted {granted:?}"
         );
-        publ.publish("retq/x", "fence", QoS::AtLeastOnce, false).await;
+        publ.publish("retq/x", "fence", QoS::AtLeastOnce, false)
+            .await;
         let extra = sub.recv_until_payload("fence").await;
         assert!(extra.is_empty(), "each retained message once: {extra:?}");
     }
@@ -160,8 +210,14 @@ async fn retained_messages_for_wildcard_subscription() {
     }
     let mut sub = RawClient::v5(addr, "retw-sub").await;
     sub.subscribe("w/#", QoS::AtLeastOnce).await;
-    publ.publish("w/fence", "fence", QoS::AtLeastOnce, false).await;
-    let mut got: Vec<String> = sub.recv_until_payload("fence").await.into_iter().map(|p| p.topic).collect();
+    publ.publish("w/fence", "fence", QoS::AtLeastOnce, false)
+        .await;
+    let mut got: Vec<String> = sub
+        .recv_until_payload("fence")
+        .await
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
     got.sort();
     assert_eq!(got, vec!["w/a", "w/b/c", "w/b/d"]);
 }
@@ -177,7 +233,9 @@ async fn watcher(node: &TestNode, id: &str) -> (AsyncClient, V4Pump) {
 
 async fn wait_will(pump: &mut V4Pump, timeout: Duration) -> rumqttc::Publish {
     pump.wait_for_within(timeout, "will message", |e| match e {
-        Event::Incoming(V4Packet::Publish(p)) if p.topic.starts_with("will/") && p.payload.as_ref() != b"fence" => {
+        Event::Incoming(V4Packet::Publish(p))
+            if p.topic.starts_with("will/") && p.payload.as_ref() != b"fence" =>
+        {
             Some(p.clone())
         }
         _ => None,
@@ -194,7 +252,10 @@ async fn v311_will_sent_when_connection_drops() {
     let (_c, pump) = v4_client(opts).await;
     pump.kill().await; // drops the TCP connection without DISCONNECT
     let p = wait_will(&mut wpump, TIMEOUT).await;
-    assert_eq!((p.topic.as_str(), text(&p.payload).as_str()), ("will/311", "gone"));
+    assert_eq!(
+        (p.topic.as_str(), text(&p.payload).as_str()),
+        ("will/311", "gone")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,12 +279,19 @@ async fn v5_will_sent_when_connection_drops() {
         (el, r)
     });
     pump.wait_for("CONNACK", |e| {
-        matches!(e, rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_))).then_some(())
+        matches!(
+            e,
+            rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_))
+        )
+        .then_some(())
     })
     .await;
     pump.kill().await;
     let p = wait_will(&mut wpump, TIMEOUT).await;
-    assert_eq!((p.topic.as_str(), text(&p.payload).as_str()), ("will/5", "gone5"));
+    assert_eq!(
+        (p.topic.as_str(), text(&p.payload).as_str()),
+        ("will/5", "gone5")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,13 +311,24 @@ async fn will_not_sent_on_normal_disconnect(version: ProtocolVersion) {
     let node = TestNode::start().await;
     let (_w, mut wpump) = watcher(&node, &format!("will-watch-normal-{}", version.label())).await;
     let mut connect = connect_packet(version, &format!("will-normal-{}", version.label()));
-    connect.will = Some(will("will/normal", "must-not-appear", QoS::AtLeastOnce, false));
+    connect.will = Some(will(
+        "will/normal",
+        "must-not-appear",
+        QoS::AtLeastOnce,
+        false,
+    ));
     let (c, _) = RawClient::connect_ok(node.mqtt_addr(), connect).await;
     // DISCONNECT, then wait until the broker has closed the connection.
     c.disconnect().await;
 
-    let mut other = RawClient::v311(node.mqtt_addr(), &format!("will-normal-fence-{}", version.label())).await;
-    other.publish("will/fence", "fence", QoS::AtLeastOnce, false).await;
+    let mut other = RawClient::v311(
+        node.mqtt_addr(),
+        &format!("will-normal-fence-{}", version.label()),
+    )
+    .await;
+    other
+        .publish("will/fence", "fence", QoS::AtLeastOnce, false)
+        .await;
     let got = v4_until_fence(&mut wpump, "fence").await;
     assert!(got.is_empty(), "no will after a normal DISCONNECT: {got:?}");
 }
@@ -271,7 +350,11 @@ async fn v5_disconnect_with_will_message_0x04_sends_will() {
     let mut connect = connect_packet(V5, "will-04");
     connect.will = Some(will("will/04", "asked-for", QoS::AtLeastOnce, false));
     let (c, _) = RawClient::connect_ok(node.mqtt_addr(), connect).await;
-    c.disconnect_with(Disconnect { reason: ReasonCode::DISCONNECT_WITH_WILL, properties: Default::default() }).await;
+    c.disconnect_with(Disconnect {
+        reason: ReasonCode::DISCONNECT_WITH_WILL,
+        properties: Default::default(),
+    })
+    .await;
     let p = wait_will(&mut wpump, TIMEOUT).await;
     assert_eq!(text(&p.payload), "asked-for");
 }
@@ -309,14 +392,24 @@ fn delayed_will_connect(id: &str, topic: &str, delay: u32) -> tern_codec::Connec
 async fn v5_will_delay_interval_delays_the_will() {
     let node = TestNode::start().await;
     let (_w, mut wpump) = watcher(&node, "will-watch-delay").await;
-    let (c, _) = RawClient::connect_ok(node.mqtt_addr(), delayed_will_connect("will-delay", "will/delay", 2)).await;
+    let (c, _) = RawClient::connect_ok(
+        node.mqtt_addr(),
+        delayed_will_connect("will-delay", "will/delay", 2),
+    )
+    .await;
     c.drop_connection();
     let dropped = Instant::now();
     let p = wait_will(&mut wpump, Duration::from_secs(8)).await;
     let elapsed = dropped.elapsed();
     assert_eq!(text(&p.payload), "will-delay");
-    assert!(elapsed >= Duration::from_millis(1800), "will delay 2 s: the will came after only {elapsed:?}");
-    assert!(elapsed <= Duration::from_millis(5000), "will delay 2 s: the will came after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1800),
+        "will delay 2 s: the will came after only {elapsed:?}"
+    );
+    assert!(
+        elapsed <= Duration::from_millis(5000),
+        "will delay 2 s: the will came after {elapsed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,10 +418,16 @@ async fn v5_will_delay_cancelled_by_reconnect() {
     let addr = node.mqtt_addr();
     let (_w, mut wpump) = watcher(&node, "will-watch-cancel").await;
     // The client that comes back, and a control client with the same delay that does not.
-    let (c, _) = RawClient::connect_ok(addr, delayed_will_connect("will-back", "will/back", 2)).await;
-    let (control, _) = RawClient::connect_ok(addr, delayed_will_connect("will-control", "will/control", 2)).await;
+    let (c, _) =
+        RawClient::connect_ok(addr, delayed_will_connect("will-back", "will/back", 2)).await;
+    let (control, _) = RawClient::connect_ok(
+        addr,
+        delayed_will_connect("will-control", "will/control", 2),
+    )
+    .await;
     c.drop_connection();
-    let (back, ack) = RawClient::connect_ok(addr, delayed_will_connect("will-back", "will/back", 2)).await;
+    let (back, ack) =
+        RawClient::connect_ok(addr, delayed_will_connect("will-back", "will/back", 2)).await;
     assert!(ack.session_present, "{ack:?}");
     control.drop_connection();
 

@@ -1,7 +1,9 @@
 //! MQTT 5 subscription options: No Local, Retain As Published, Retain Handling 0/1/2.
 //! Driven with rumqttc's v5 client.
 
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet as V5Packet, Publish, RetainForwardRule, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet as V5Packet, Publish, RetainForwardRule, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tern_tests::clients::{text, Pump};
@@ -16,7 +18,10 @@ async fn client(node: &TestNode, id: &str) -> (AsyncClient, V5Pump) {
         let r = el.poll().await;
         (el, r)
     });
-    pump.wait_for("CONNACK", |e| matches!(e, Event::Incoming(V5Packet::ConnAck(_))).then_some(())).await;
+    pump.wait_for("CONNACK", |e| {
+        matches!(e, Event::Incoming(V5Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     (client, pump)
 }
 
@@ -24,14 +29,21 @@ async fn client(node: &TestNode, id: &str) -> (AsyncClient, V5Pump) {
 async fn subscribe(client: &AsyncClient, pump: &mut V5Pump, filter: Filter) {
     let qos = filter.qos;
     let path = filter.path.clone();
-    client.subscribe_many([filter]).await.expect("queue SUBSCRIBE");
+    client
+        .subscribe_many([filter])
+        .await
+        .expect("queue SUBSCRIBE");
     let ack = pump
         .wait_for("SUBACK", |e| match e {
             Event::Incoming(V5Packet::SubAck(a)) => Some(a.clone()),
             _ => None,
         })
         .await;
-    assert_eq!(ack.return_codes, vec![SubscribeReasonCode::Success(qos)], "SUBACK for {path}");
+    assert_eq!(
+        ack.return_codes,
+        vec![SubscribeReasonCode::Success(qos)],
+        "SUBACK for {path}"
+    );
 }
 
 fn opts(path: &str, f: impl FnOnce(&mut Filter)) -> Filter {
@@ -56,9 +68,21 @@ async fn until_fence(pump: &mut V5Pump, fence: &str) -> Vec<Publish> {
 }
 
 /// Publishes at QoS 1 and waits for the PUBACK, so the broker has processed it.
-async fn publish_acked(client: &AsyncClient, pump: &mut V5Pump, topic: &str, retain: bool, payload: &str) {
-    client.publish(topic, QoS::AtLeastOnce, retain, payload.to_string()).await.expect("queue publish");
-    pump.wait_for("PUBACK", |e| matches!(e, Event::Incoming(V5Packet::PubAck(_))).then_some(())).await;
+async fn publish_acked(
+    client: &AsyncClient,
+    pump: &mut V5Pump,
+    topic: &str,
+    retain: bool,
+    payload: &str,
+) {
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, payload.to_string())
+        .await
+        .expect("queue publish");
+    pump.wait_for("PUBACK", |e| {
+        matches!(e, Event::Incoming(V5Packet::PubAck(_))).then_some(())
+    })
+    .await;
 }
 
 fn payloads(got: &[Publish]) -> Vec<String> {
@@ -74,22 +98,38 @@ async fn no_local_suppresses_own_messages_only() {
     let (b, mut b_pump) = client(&node, "nolocal-b").await;
     subscribe(&b, &mut b_pump, opts("nl/t", |_| {})).await;
 
-    a.publish("nl/t", QoS::AtLeastOnce, false, "own").await.expect("publish");
-    a.publish("nl/fence", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    a.publish("nl/t", QoS::AtLeastOnce, false, "own")
+        .await
+        .expect("publish");
+    a.publish("nl/fence", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut a_pump, "fence").await;
-    assert!(got.is_empty(), "No Local: a client must not get its own messages: {:?}", payloads(&got));
+    assert!(
+        got.is_empty(),
+        "No Local: a client must not get its own messages: {:?}",
+        payloads(&got)
+    );
 
     // The message was published: the other subscriber has it.
-    b.publish("nl/t", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    b.publish("nl/t", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut b_pump, "fence").await;
     assert_eq!(payloads(&got), vec!["own"]);
 
     // Messages from others still reach the No Local subscriber.
-    b.publish("nl/t", QoS::AtLeastOnce, false, "from-b").await.expect("publish");
-    a.publish("nl/fence", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    b.publish("nl/t", QoS::AtLeastOnce, false, "from-b")
+        .await
+        .expect("publish");
+    a.publish("nl/fence", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let from_b = a_pump
         .wait_for("message from b", |e| match e {
-            Event::Incoming(V5Packet::Publish(p)) if p.payload.as_ref() == b"from-b" => Some(p.clone()),
+            Event::Incoming(V5Packet::Publish(p)) if p.payload.as_ref() == b"from-b" => {
+                Some(p.clone())
+            }
             _ => None,
         })
         .await;
@@ -101,8 +141,12 @@ async fn without_no_local_own_messages_are_received() {
     let node = TestNode::start().await;
     let (c, mut pump) = client(&node, "local-echo").await;
     subscribe(&c, &mut pump, opts("echo/t", |_| {})).await;
-    c.publish("echo/t", QoS::AtLeastOnce, false, "own").await.expect("publish");
-    c.publish("echo/t", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    c.publish("echo/t", QoS::AtLeastOnce, false, "own")
+        .await
+        .expect("publish");
+    c.publish("echo/t", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut pump, "fence").await;
     assert_eq!(payloads(&got), vec!["own"]);
 }
@@ -111,15 +155,33 @@ async fn without_no_local_own_messages_are_received() {
 async fn retain_as_published_keeps_or_clears_retain_flag_on_forward() {
     let node = TestNode::start().await;
     let (s, mut s_pump) = client(&node, "rap-sub").await;
-    subscribe(&s, &mut s_pump, opts("rap/keep", |f| f.preserve_retain = true)).await;
-    subscribe(&s, &mut s_pump, opts("rap/clear", |f| f.preserve_retain = false)).await;
+    subscribe(
+        &s,
+        &mut s_pump,
+        opts("rap/keep", |f| f.preserve_retain = true),
+    )
+    .await;
+    subscribe(
+        &s,
+        &mut s_pump,
+        opts("rap/clear", |f| f.preserve_retain = false),
+    )
+    .await;
     subscribe(&s, &mut s_pump, opts("rap/fence", |_| {})).await;
 
     let (p, _p_pump) = client(&node, "rap-pub").await;
-    p.publish("rap/keep", QoS::AtLeastOnce, true, "k").await.expect("publish");
-    p.publish("rap/clear", QoS::AtLeastOnce, true, "c").await.expect("publish");
-    p.publish("rap/keep", QoS::AtLeastOnce, false, "k-plain").await.expect("publish");
-    p.publish("rap/fence", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    p.publish("rap/keep", QoS::AtLeastOnce, true, "k")
+        .await
+        .expect("publish");
+    p.publish("rap/clear", QoS::AtLeastOnce, true, "c")
+        .await
+        .expect("publish");
+    p.publish("rap/keep", QoS::AtLeastOnce, false, "k-plain")
+        .await
+        .expect("publish");
+    p.publish("rap/fence", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut s_pump, "fence").await;
     let seen: Vec<(String, bool)> = got.iter().map(|m| (text(&m.payload), m.retain)).collect();
     assert_eq!(
@@ -130,8 +192,15 @@ async fn retain_as_published_keeps_or_clears_retain_flag_on_forward() {
 
     // Retained messages sent because of a new subscription always carry retain 1.
     let (late, mut late_pump) = client(&node, "rap-late").await;
-    subscribe(&late, &mut late_pump, opts("rap/+", |f| f.preserve_retain = false)).await;
-    p.publish("rap/fence", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    subscribe(
+        &late,
+        &mut late_pump,
+        opts("rap/+", |f| f.preserve_retain = false),
+    )
+    .await;
+    p.publish("rap/fence", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut late_pump, "fence").await;
     let mut seen: Vec<(String, bool)> = got.iter().map(|m| (text(&m.payload), m.retain)).collect();
     seen.sort();
@@ -145,11 +214,27 @@ async fn retain_handling_0_sends_retained_on_every_subscribe() {
     publish_acked(&p, &mut p_pump, "rh/t", true, "retained").await;
     let (s, mut pump) = client(&node, "rh0-sub").await;
     for round in 0..2 {
-        subscribe(&s, &mut pump, opts("rh/t", |f| f.retain_forward_rule = RetainForwardRule::OnEverySubscribe)).await;
-        p.publish("rh/t", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+        subscribe(
+            &s,
+            &mut pump,
+            opts("rh/t", |f| {
+                f.retain_forward_rule = RetainForwardRule::OnEverySubscribe
+            }),
+        )
+        .await;
+        p.publish("rh/t", QoS::AtLeastOnce, false, "fence")
+            .await
+            .expect("publish");
         let got = until_fence(&mut pump, "fence").await;
-        assert_eq!(payloads(&got), vec!["retained"], "round {round}: retain handling 0 sends it every time");
-        assert!(got[0].retain, "sent because of the subscribe: retain flag 1");
+        assert_eq!(
+            payloads(&got),
+            vec!["retained"],
+            "round {round}: retain handling 0 sends it every time"
+        );
+        assert!(
+            got[0].retain,
+            "sent because of the subscribe: retain flag 1"
+        );
     }
 }
 
@@ -159,17 +244,33 @@ async fn retain_handling_1_sends_retained_only_for_new_subscription() {
     let (p, mut p_pump) = client(&node, "rh1-pub").await;
     publish_acked(&p, &mut p_pump, "rh/t", true, "retained").await;
     let (s, mut pump) = client(&node, "rh1-sub").await;
-    let rh1 = || opts("rh/t", |f| f.retain_forward_rule = RetainForwardRule::OnNewSubscribe);
+    let rh1 = || {
+        opts("rh/t", |f| {
+            f.retain_forward_rule = RetainForwardRule::OnNewSubscribe
+        })
+    };
 
     subscribe(&s, &mut pump, rh1()).await;
-    p.publish("rh/t", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    p.publish("rh/t", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut pump, "fence").await;
-    assert_eq!(payloads(&got), vec!["retained"], "new subscription: retained message sent");
+    assert_eq!(
+        payloads(&got),
+        vec!["retained"],
+        "new subscription: retained message sent"
+    );
 
     subscribe(&s, &mut pump, rh1()).await;
-    p.publish("rh/t", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    p.publish("rh/t", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut pump, "fence").await;
-    assert!(got.is_empty(), "existing subscription: retain handling 1 must not resend: {:?}", payloads(&got));
+    assert!(
+        got.is_empty(),
+        "existing subscription: retain handling 1 must not resend: {:?}",
+        payloads(&got)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,14 +279,29 @@ async fn retain_handling_2_never_sends_retained() {
     let (p, mut p_pump) = client(&node, "rh2-pub").await;
     publish_acked(&p, &mut p_pump, "rh/t", true, "retained").await;
     let (s, mut pump) = client(&node, "rh2-sub").await;
-    subscribe(&s, &mut pump, opts("rh/t", |f| f.retain_forward_rule = RetainForwardRule::Never)).await;
-    p.publish("rh/t", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    subscribe(
+        &s,
+        &mut pump,
+        opts("rh/t", |f| f.retain_forward_rule = RetainForwardRule::Never),
+    )
+    .await;
+    p.publish("rh/t", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut pump, "fence").await;
-    assert!(got.is_empty(), "retain handling 2: no retained message at subscribe: {:?}", payloads(&got));
+    assert!(
+        got.is_empty(),
+        "retain handling 2: no retained message at subscribe: {:?}",
+        payloads(&got)
+    );
 
     // New publishes still flow.
-    p.publish("rh/t", QoS::AtLeastOnce, false, "live").await.expect("publish");
-    p.publish("rh/t", QoS::AtLeastOnce, false, "fence").await.expect("publish");
+    p.publish("rh/t", QoS::AtLeastOnce, false, "live")
+        .await
+        .expect("publish");
+    p.publish("rh/t", QoS::AtLeastOnce, false, "fence")
+        .await
+        .expect("publish");
     let got = until_fence(&mut pump, "fence").await;
     assert_eq!(payloads(&got), vec!["live"]);
 }

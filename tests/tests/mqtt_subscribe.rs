@@ -21,19 +21,29 @@ async fn v4_client(node: &TestNode, id: &str) -> (AsyncClient, V4Pump) {
         let r = el.poll().await;
         (el, r)
     });
-    pump.wait_for("CONNACK", |e| matches!(e, Event::Incoming(V4Packet::ConnAck(_))).then_some(())).await;
+    pump.wait_for("CONNACK", |e| {
+        matches!(e, Event::Incoming(V4Packet::ConnAck(_))).then_some(())
+    })
+    .await;
     (client, pump)
 }
 
 async fn v4_subscribe(client: &AsyncClient, pump: &mut V4Pump, filter: &str, qos: V4QoS) {
-    client.subscribe(filter, qos).await.expect("queue SUBSCRIBE");
+    client
+        .subscribe(filter, qos)
+        .await
+        .expect("queue SUBSCRIBE");
     let ack = pump
         .wait_for("SUBACK", |e| match e {
             Event::Incoming(V4Packet::SubAck(a)) => Some(a.clone()),
             _ => None,
         })
         .await;
-    assert_eq!(ack.return_codes, vec![rumqttc::SubscribeReasonCode::Success(qos)], "SUBACK for {filter}");
+    assert_eq!(
+        ack.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(qos)],
+        "SUBACK for {filter}"
+    );
 }
 
 async fn v4_until_fence(pump: &mut V4Pump, fence: &str) -> Vec<rumqttc::Publish> {
@@ -54,11 +64,11 @@ async fn v4_until_fence(pump: &mut V4Pump, fence: &str) -> Vec<rumqttc::Publish>
 const WILDCARD_CASES: &[(&str, bool)] = &[
     ("s/a/x", true),
     ("s/b/x", true),
-    ("s//x", true),      // `+` matches an empty level
-    ("s/a/b/x", false),  // `+` is exactly one level
+    ("s//x", true),     // `+` matches an empty level
+    ("s/a/b/x", false), // `+` is exactly one level
     ("s/a/y", false),
     ("s/x", false),
-    ("h", true),         // `#` includes the parent level
+    ("h", true), // `#` includes the parent level
     ("h/1", true),
     ("h/1/2/3", true),
     ("h/", true),
@@ -78,11 +88,23 @@ async fn v311_plus_and_hash_wildcards_match_exactly() {
     for (topic, _) in WILDCARD_CASES {
         publ.publish(topic, *topic, QoS::AtLeastOnce, false).await;
     }
-    publ.publish("fence", "fence", QoS::AtLeastOnce, false).await;
+    publ.publish("fence", "fence", QoS::AtLeastOnce, false)
+        .await;
 
-    let got: Vec<String> = v4_until_fence(&mut pump, "fence").await.iter().map(|p| p.topic.clone()).collect();
-    let expected: Vec<String> = WILDCARD_CASES.iter().filter(|(_, m)| *m).map(|(t, _)| t.to_string()).collect();
-    assert_eq!(got, expected, "each matching topic exactly once, nothing else");
+    let got: Vec<String> = v4_until_fence(&mut pump, "fence")
+        .await
+        .iter()
+        .map(|p| p.topic.clone())
+        .collect();
+    let expected: Vec<String> = WILDCARD_CASES
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(t, _)| t.to_string())
+        .collect();
+    assert_eq!(
+        got, expected,
+        "each matching topic exactly once, nothing else"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,16 +112,38 @@ async fn v5_plus_and_hash_wildcards_match_exactly() {
     let node = TestNode::start().await;
     let addr = node.mqtt_addr();
     let mut sub = RawClient::v5(addr, "wild-v5-sub").await;
-    let ack = sub.subscribe_many(&[("s/+/x", QoS::AtLeastOnce), ("h/#", QoS::AtLeastOnce), ("fence", QoS::AtMostOnce)]).await;
-    assert_eq!(ack.reasons, vec![ReasonCode(1), ReasonCode(1), ReasonCode(0)]);
+    let ack = sub
+        .subscribe_many(&[
+            ("s/+/x", QoS::AtLeastOnce),
+            ("h/#", QoS::AtLeastOnce),
+            ("fence", QoS::AtMostOnce),
+        ])
+        .await;
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode(1), ReasonCode(1), ReasonCode(0)]
+    );
     let mut publ = RawClient::v5(addr, "wild-v5-pub").await;
     for (topic, _) in WILDCARD_CASES {
         publ.publish(topic, *topic, QoS::AtLeastOnce, false).await;
     }
-    publ.publish("fence", "fence", QoS::AtLeastOnce, false).await;
-    let got: Vec<String> = sub.recv_until_payload("fence").await.into_iter().map(|p| p.topic).collect();
-    let expected: Vec<String> = WILDCARD_CASES.iter().filter(|(_, m)| *m).map(|(t, _)| t.to_string()).collect();
-    assert_eq!(got, expected, "each matching topic exactly once, nothing else");
+    publ.publish("fence", "fence", QoS::AtLeastOnce, false)
+        .await;
+    let got: Vec<String> = sub
+        .recv_until_payload("fence")
+        .await
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    let expected: Vec<String> = WILDCARD_CASES
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(t, _)| t.to_string())
+        .collect();
+    assert_eq!(
+        got, expected,
+        "each matching topic exactly once, nothing else"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +152,9 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     let addr = node.mqtt_addr();
     // `#` and `+/bar` must not match `$foo/bar`; an explicit `$foo/bar` or `$foo/+` must.
     let mut wild = RawClient::v311(addr, "dollar-wild").await;
-    let ack = wild.subscribe_many(&[("#", QoS::AtLeastOnce), ("+/bar", QoS::AtLeastOnce)]).await;
+    let ack = wild
+        .subscribe_many(&[("#", QoS::AtLeastOnce), ("+/bar", QoS::AtLeastOnce)])
+        .await;
     assert_eq!(ack.reasons, vec![ReasonCode(1), ReasonCode(1)]);
     let mut explicit = RawClient::v311(addr, "dollar-explicit").await;
     explicit.subscribe("$foo/bar", QoS::AtLeastOnce).await;
@@ -116,15 +162,24 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     explicit.subscribe("plain/bar", QoS::AtLeastOnce).await;
 
     let mut publ = RawClient::v5(addr, "dollar-pub").await;
-    publ.publish("$foo/bar", "dollar", QoS::AtLeastOnce, false).await;
-    publ.publish("plain/bar", "fence", QoS::AtLeastOnce, false).await;
+    publ.publish("$foo/bar", "dollar", QoS::AtLeastOnce, false)
+        .await;
+    publ.publish("plain/bar", "fence", QoS::AtLeastOnce, false)
+        .await;
 
     let before = explicit.recv_until_payload("fence").await;
     let payloads: Vec<String> = before.iter().map(|p| text(&p.payload)).collect();
-    assert_eq!(payloads, vec!["dollar"], "an explicit `$foo/bar` subscriber gets it once (overlap: one copy)");
+    assert_eq!(
+        payloads,
+        vec!["dollar"],
+        "an explicit `$foo/bar` subscriber gets it once (overlap: one copy)"
+    );
 
     let before = wild.recv_until_payload("fence").await;
-    assert!(before.is_empty(), "`#` and `+/bar` must not match `$foo/bar`: {before:?}");
+    assert!(
+        before.is_empty(),
+        "`#` and `+/bar` must not match `$foo/bar`: {before:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,8 +192,17 @@ async fn v311_overlapping_subscriptions_deliver_one_copy_at_highest_qos() {
     publ.publish("a/b", "one", QoS::ExactlyOnce, false).await;
     publ.publish("a/b", "fence", QoS::ExactlyOnce, false).await;
     let got = v4_until_fence(&mut pump, "fence").await;
-    assert_eq!(got.len(), 1, "exactly one copy for overlapping subscriptions: {got:?}");
-    assert_eq!(got[0].qos, V4QoS::ExactlyOnce, "the copy goes at the highest granted QoS: {:?}", got[0]);
+    assert_eq!(
+        got.len(),
+        1,
+        "exactly one copy for overlapping subscriptions: {got:?}"
+    );
+    assert_eq!(
+        got[0].qos,
+        V4QoS::ExactlyOnce,
+        "the copy goes at the highest granted QoS: {:?}",
+        got[0]
+    );
     assert_eq!(text(&got[0].payload), "one");
 }
 
@@ -152,7 +216,10 @@ async fn v5_overlapping_subscriptions_deliver_one_copy_with_both_identifiers() {
             .subscribe_packet(Subscribe {
                 packet_id: 0,
                 filters: vec![filter(f, qos)],
-                properties: SubscribeProperties { subscription_identifier: Some(id), user_properties: Vec::new() },
+                properties: SubscribeProperties {
+                    subscription_identifier: Some(id),
+                    user_properties: Vec::new(),
+                },
             })
             .await;
         assert_eq!(ack.reasons, vec![ReasonCode(qos as u8)]);
@@ -161,12 +228,20 @@ async fn v5_overlapping_subscriptions_deliver_one_copy_with_both_identifiers() {
     publ.publish("a/b", "one", QoS::ExactlyOnce, false).await;
     publ.publish("a/c", "fence", QoS::AtMostOnce, false).await;
     let got = sub.recv_until_payload("fence").await;
-    assert_eq!(got.len(), 1, "exactly one copy for overlapping subscriptions: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "exactly one copy for overlapping subscriptions: {got:?}"
+    );
     let p = &got[0];
     assert_eq!(p.qos, QoS::ExactlyOnce, "at the highest granted QoS: {p:?}");
     let mut ids = p.properties.subscription_identifiers.clone();
     ids.sort_unstable();
-    assert_eq!(ids, vec![1, 2], "the one copy carries both subscription identifiers: {p:?}");
+    assert_eq!(
+        ids,
+        vec![1, 2],
+        "the one copy carries both subscription identifiers: {p:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,29 +252,50 @@ async fn v5_subscription_identifier_only_on_matching_subscription() {
     sub.subscribe_packet(Subscribe {
         packet_id: 0,
         filters: vec![filter("id/with", QoS::AtLeastOnce)],
-        properties: SubscribeProperties { subscription_identifier: Some(42), user_properties: Vec::new() },
+        properties: SubscribeProperties {
+            subscription_identifier: Some(42),
+            user_properties: Vec::new(),
+        },
     })
     .await;
     sub.subscribe("id/without", QoS::AtLeastOnce).await;
     let mut publ = RawClient::v5(addr, "subid-v5-pub").await;
     publ.publish("id/with", "a", QoS::AtLeastOnce, false).await;
-    publ.publish("id/without", "b", QoS::AtLeastOnce, false).await;
+    publ.publish("id/without", "b", QoS::AtLeastOnce, false)
+        .await;
     let got = sub.recv_publishes(2).await;
-    assert_eq!(got[0].properties.subscription_identifiers, vec![42], "{:?}", got[0]);
-    assert!(got[1].properties.subscription_identifiers.is_empty(), "{:?}", got[1]);
+    assert_eq!(
+        got[0].properties.subscription_identifiers,
+        vec![42],
+        "{:?}",
+        got[0]
+    );
+    assert!(
+        got[1].properties.subscription_identifiers.is_empty(),
+        "{:?}",
+        got[1]
+    );
 }
 
 async fn unsubscribe_stops_delivery(version: ProtocolVersion) {
     let node = TestNode::start().await;
     let addr = node.mqtt_addr();
     let id = format!("unsub-{}", version.label());
-    let mut sub = RawClient::connect_ok(addr, tern_tests::clients::connect_packet(version, &id)).await.0;
+    let mut sub = RawClient::connect_ok(addr, tern_tests::clients::connect_packet(version, &id))
+        .await
+        .0;
     sub.subscribe("u/#", QoS::AtLeastOnce).await;
     sub.subscribe("keep", QoS::AtLeastOnce).await;
     let mut publ = RawClient::v5(addr, &format!("{id}-pub")).await;
     publ.publish("u/1", "before", QoS::AtLeastOnce, false).await;
-    publ.publish("keep", "fence1", QoS::AtLeastOnce, false).await;
-    let got: Vec<String> = sub.recv_until_payload("fence1").await.iter().map(|p| text(&p.payload)).collect();
+    publ.publish("keep", "fence1", QoS::AtLeastOnce, false)
+        .await;
+    let got: Vec<String> = sub
+        .recv_until_payload("fence1")
+        .await
+        .iter()
+        .map(|p| text(&p.payload))
+        .collect();
     assert_eq!(got, vec!["before"]);
 
     let ack = sub.unsubscribe(&["u/#"]).await;
@@ -207,7 +303,8 @@ async fn unsubscribe_stops_delivery(version: ProtocolVersion) {
         assert_eq!(ack.reasons, vec![ReasonCode::SUCCESS], "{ack:?}");
     }
     publ.publish("u/1", "after", QoS::AtLeastOnce, false).await;
-    publ.publish("keep", "fence2", QoS::AtLeastOnce, false).await;
+    publ.publish("keep", "fence2", QoS::AtLeastOnce, false)
+        .await;
     let got = sub.recv_until_payload("fence2").await;
     assert!(got.is_empty(), "nothing on u/# after UNSUBACK: {got:?}");
 }
@@ -229,10 +326,14 @@ async fn v311_unsubscribe_with_rumqttc_stops_delivery() {
     v4_subscribe(&sub, &mut pump, "ru/+", V4QoS::AtLeastOnce).await;
     v4_subscribe(&sub, &mut pump, "ru-keep", V4QoS::AtLeastOnce).await;
     sub.unsubscribe("ru/+").await.expect("queue UNSUBSCRIBE");
-    pump.wait_for("UNSUBACK", |e| matches!(e, Event::Incoming(V4Packet::UnsubAck(_))).then_some(())).await;
+    pump.wait_for("UNSUBACK", |e| {
+        matches!(e, Event::Incoming(V4Packet::UnsubAck(_))).then_some(())
+    })
+    .await;
     let mut publ = RawClient::v311(node.mqtt_addr(), "unsub-rumqttc-pub").await;
     publ.publish("ru/1", "gone", QoS::AtLeastOnce, false).await;
-    publ.publish("ru-keep", "fence", QoS::AtLeastOnce, false).await;
+    publ.publish("ru-keep", "fence", QoS::AtLeastOnce, false)
+        .await;
     let got = v4_until_fence(&mut pump, "fence").await;
     assert!(got.is_empty(), "{got:?}");
 }
@@ -242,23 +343,37 @@ async fn v5_unsuback_reports_0x11_for_unknown_filter() {
     let node = TestNode::start().await;
     let mut c = RawClient::v5(node.mqtt_addr(), "unsuback-0x11").await;
     c.subscribe("known/t", QoS::AtMostOnce).await;
-    let ack = c.unsubscribe(&["never/subscribed", "known/t", "known/t/deeper"]).await;
+    let ack = c
+        .unsubscribe(&["never/subscribed", "known/t", "known/t/deeper"])
+        .await;
     assert_eq!(
         ack.reasons,
-        vec![ReasonCode::NO_SUBSCRIPTION_EXISTED, ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED],
+        vec![
+            ReasonCode::NO_SUBSCRIPTION_EXISTED,
+            ReasonCode::SUCCESS,
+            ReasonCode::NO_SUBSCRIPTION_EXISTED
+        ],
         "{ack:?}"
     );
     // Unsubscribing again: it is gone now.
     let ack = c.unsubscribe(&["known/t"]).await;
-    assert_eq!(ack.reasons, vec![ReasonCode::NO_SUBSCRIPTION_EXISTED], "{ack:?}");
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode::NO_SUBSCRIPTION_EXISTED],
+        "{ack:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_unsuback_for_unknown_filter_is_plain() {
     let node = TestNode::start().await;
     let mut c = RawClient::v311(node.mqtt_addr(), "unsuback-v311").await;
-    c.send(Packet::Unsubscribe(Unsubscribe { packet_id: 77, filters: vec!["never/subscribed".into()], user_properties: Vec::new() }))
-        .await;
+    c.send(Packet::Unsubscribe(Unsubscribe {
+        packet_id: 77,
+        filters: vec!["never/subscribed".into()],
+        user_properties: Vec::new(),
+    }))
+    .await;
     match c.expect("UNSUBACK").await {
         Packet::UnsubAck(u) => assert_eq!(u.packet_id, 77),
         other => panic!("expected UNSUBACK, got {other:?}"),
@@ -269,9 +384,19 @@ async fn v311_unsuback_for_unknown_filter_is_plain() {
 async fn invalid_filter_gets_suback_failure(version: ProtocolVersion, expected: ReasonCode) {
     let node = TestNode::start().await;
     let id = format!("badfilter-{}", version.label());
-    let mut c = RawClient::connect_ok(node.mqtt_addr(), tern_tests::clients::connect_packet(version, &id)).await.0;
+    let mut c = RawClient::connect_ok(
+        node.mqtt_addr(),
+        tern_tests::clients::connect_packet(version, &id),
+    )
+    .await
+    .0;
     let ack = c
-        .subscribe_many(&[("a/#/b", QoS::AtLeastOnce), ("ok/t", QoS::AtLeastOnce), ("a/b+", QoS::AtMostOnce), ("#/x", QoS::AtMostOnce)])
+        .subscribe_many(&[
+            ("a/#/b", QoS::AtLeastOnce),
+            ("ok/t", QoS::AtLeastOnce),
+            ("a/b+", QoS::AtMostOnce),
+            ("#/x", QoS::AtMostOnce),
+        ])
         .await;
     assert_eq!(
         ack.reasons,
@@ -307,6 +432,15 @@ async fn resubscribe_replaces_qos_without_duplicates() {
     publ.publish("re/t", "x", QoS::ExactlyOnce, false).await;
     publ.publish("re/t", "fence", QoS::AtMostOnce, false).await;
     let got = sub.recv_until_payload("fence").await;
-    assert_eq!(got.len(), 1, "a repeated SUBSCRIBE replaces the subscription: {got:?}");
-    assert_eq!(got[0].qos, QoS::ExactlyOnce, "with the new QoS: {:?}", got[0]);
+    assert_eq!(
+        got.len(),
+        1,
+        "a repeated SUBSCRIBE replaces the subscription: {got:?}"
+    );
+    assert_eq!(
+        got[0].qos,
+        QoS::ExactlyOnce,
+        "with the new QoS: {:?}",
+        got[0]
+    );
 }

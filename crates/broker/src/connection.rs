@@ -157,7 +157,12 @@ async fn read_connect<R: AsyncRead + Unpin>(
 }
 
 async fn refuse_connect<W: AsyncWrite + Unpin>(writer: &mut W, version: ProtocolVersion, reason: ReasonCode) {
-    let connack = ConnAck { session_present: false, reason, properties: ConnAckProperties::default() };
+    let mut properties = ConnAckProperties::default();
+    if version == ProtocolVersion::V5 {
+        // CONNACK may carry a reason string whatever Request Problem Information says.
+        properties.reason_string = Some(reason.name().replace('_', " "));
+    }
+    let connack = ConnAck { session_present: false, reason, properties };
     let mut out = BytesMut::new();
     if encode(&Packet::ConnAck(connack), version, &mut out).is_ok() {
         let _ = tokio::time::timeout(CLOSE_FLUSH, async {
@@ -448,13 +453,9 @@ impl Connection {
                 self.write_packet(&Packet::Disconnect(Disconnect { reason, properties }));
             }
         }
-        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-            if !self.out.is_empty() {
-                let _ = writer.write_all(&self.out).await;
-            }
-            let _ = writer.shutdown().await;
-        })
-        .await;
+        // Hand the session on before the client can see the connection close, so that a
+        // client reconnecting at once finds the session already offline (or ended).
+        let out = std::mem::take(&mut self.out);
         let broker = self.broker.clone();
         match exit {
             Exit::TakenOver { reply, resume } => {
@@ -471,6 +472,13 @@ impl Connection {
             Exit::Shutdown => broker.release(&self.slot, self.conn_id, self.session, rx, None),
             _ => broker.release(&self.slot, self.conn_id, self.session, rx, will),
         }
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+            if !out.is_empty() {
+                let _ = writer.write_all(&out).await;
+            }
+            let _ = writer.shutdown().await;
+        })
+        .await;
     }
 
     // ---- incoming packets -------------------------------------------------------------
@@ -674,7 +682,8 @@ impl Connection {
             }
             reasons.push(ReasonCode(granted as u8));
         }
-        let suback = SubAck { packet_id: s.packet_id, reasons, properties: ReasonProperties::default() };
+        let properties = self.problem_properties(&reasons);
+        let suback = SubAck { packet_id: s.packet_id, reasons, properties };
         self.write_packet(&Packet::SubAck(suback));
         for delivery in retained {
             self.broker.enqueue_counted(&mut self.session, delivery);
@@ -694,8 +703,9 @@ impl Connection {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
                 }
             })
-            .collect();
-        let unsuback = UnsubAck { packet_id: u.packet_id, reasons, properties: ReasonProperties::default() };
+            .collect::<Vec<_>>();
+        let properties = self.problem_properties(&reasons);
+        let unsuback = UnsubAck { packet_id: u.packet_id, reasons, properties };
         self.write_packet(&Packet::UnsubAck(unsuback));
     }
 
@@ -719,10 +729,22 @@ impl Connection {
         if self.version == ProtocolVersion::V5 {
             r.reason = reason;
             if reason.is_error() && self.problem_info {
-                r.properties.reason_string = Some(reason.name().to_string());
+                r.properties.reason_string = Some(reason.name().replace('_', " "));
             }
         }
         r
+    }
+
+    /// A reason string naming the first error among `reasons`, for v5 clients that did not
+    /// turn problem information off.
+    fn problem_properties(&self, reasons: &[ReasonCode]) -> ReasonProperties {
+        let mut properties = ReasonProperties::default();
+        if self.version == ProtocolVersion::V5 && self.problem_info {
+            if let Some(error) = reasons.iter().find(|r| r.is_error()) {
+                properties.reason_string = Some(error.name().replace('_', " "));
+            }
+        }
+        properties
     }
 
     fn write_packet(&mut self, packet: &Packet) {
