@@ -27,8 +27,13 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Self { origin: Instant::now(), origin_unix_ns: unix.as_nanos() as u64 }
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            origin: Instant::now(),
+            origin_unix_ns: unix.as_nanos() as u64,
+        }
     }
 
     #[inline]
@@ -47,6 +52,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Deliveries received by all subscribers (duplicates included).
     pub received: AtomicU64,
+    /// Deliveries received for the first time (what the drain waits for).
+    pub unique: AtomicU64,
     /// Latency is recorded for messages sent in `[measure_start_ns, measure_end_ns)`.
     pub measure_start_ns: AtomicU64,
     pub measure_end_ns: AtomicU64,
@@ -64,14 +71,20 @@ pub struct PubCounters {
 
 impl Shared {
     pub fn total_sent(&self) -> u64 {
-        self.publishers.iter().map(|p| p.sent.load(Ordering::Relaxed)).sum()
+        self.publishers
+            .iter()
+            .map(|p| p.sent.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Setup,
-    Run { start: Instant, deadline: Option<Instant> },
+    Run {
+        start: Instant,
+        deadline: Option<Instant>,
+    },
     Stop,
 }
 
@@ -113,8 +126,6 @@ pub struct PubSpec {
 
 #[derive(Clone, Debug, Default)]
 pub struct PubResult {
-    pub id: u32,
-    pub sent: u64,
     pub acked: u64,
     pub rejected: u64,
     pub unacked: u64,
@@ -146,6 +157,9 @@ pub struct SubResult {
     pub hist: Histogram,
 }
 
+/// tokio's timers fire on a 1 ms grid.
+const TIMER_SLACK_NS: u64 = 1_000_000;
+
 const FREE: u8 = 0;
 const AWAIT_ACK: u8 = 1;
 const AWAIT_COMP: u8 = 2;
@@ -166,8 +180,13 @@ impl PubState {
             return 0;
         }
         loop {
-            self.next_id = self.next_id.wrapping_add(1);
-            if self.next_id != 0 && self.ids[self.next_id as usize] == FREE {
+            // Ids cycle through 1..ids.len(), at least twice the window.
+            self.next_id = if self.next_id as usize + 1 >= self.ids.len() {
+                1
+            } else {
+                self.next_id + 1
+            };
+            if self.ids[self.next_id as usize] == FREE {
                 self.ids[self.next_id as usize] = AWAIT_ACK;
                 self.in_flight += 1;
                 return self.next_id;
@@ -176,11 +195,14 @@ impl PubState {
     }
 
     fn release(&mut self, conn: &Conn, id: u16, from: u8) -> Result<(), BenchError> {
-        let slot = &mut self.ids[id as usize];
-        if *slot != from {
-            return Err(conn.protocol(format!("acknowledgement for packet id {id} not in flight")));
+        match self.ids.get_mut(id as usize) {
+            Some(slot) if *slot == from => *slot = FREE,
+            _ => {
+                return Err(
+                    conn.protocol(format!("acknowledgement for packet id {id} not in flight"))
+                )
+            }
         }
-        *slot = FREE;
         self.in_flight -= 1;
         Ok(())
     }
@@ -200,11 +222,15 @@ impl PubState {
                     self.release(conn, r.packet_id, AWAIT_ACK)?;
                     self.rejected += 1;
                 } else {
-                    let slot = &mut self.ids[r.packet_id as usize];
-                    if *slot != AWAIT_ACK {
-                        return Err(conn.protocol(format!("PUBREC for packet id {} not in flight", r.packet_id)));
+                    match self.ids.get_mut(r.packet_id as usize) {
+                        Some(slot) if *slot == AWAIT_ACK => *slot = AWAIT_COMP,
+                        _ => {
+                            return Err(conn.protocol(format!(
+                                "PUBREC for packet id {} not in flight",
+                                r.packet_id
+                            )))
+                        }
                     }
-                    *slot = AWAIT_COMP;
                     conn.queue(&Packet::PubRel(PubResponse::new(r.packet_id)))?;
                 }
             }
@@ -214,9 +240,14 @@ impl PubState {
             }
             Packet::PingResp => {}
             Packet::Disconnect(d) => {
-                return Err(conn.protocol(format!("broker sent DISCONNECT, reason {}", reason_str(d.reason))))
+                return Err(conn.protocol(format!(
+                    "broker sent DISCONNECT, reason {}",
+                    reason_str(d.reason)
+                )))
             }
-            other => return Err(conn.protocol(format!("unexpected {} to a publisher", other.name()))),
+            other => {
+                return Err(conn.protocol(format!("unexpected {} to a publisher", other.name())))
+            }
         }
         Ok(())
     }
@@ -256,12 +287,29 @@ pub async fn publisher(
     mut phase: watch::Receiver<Phase>,
 ) -> Result<PubResult, BenchError> {
     let name_id = spec.id;
-    let template =
-        PublishTemplate::new(&spec.topic, cfg.qos, cfg.payload_size, cfg.opts.version, spec.id)
-            .map_err(|e| BenchError::Encode { client: format!("publisher {name_id}"), source: e })?;
-    let permit = connect_limit.acquire().await.expect("semaphore is never closed");
-    let (mut conn, connack) =
-        Conn::open(client_name("p", spec.id), spec.addr, spec.source, &cfg.opts, None).await?;
+    let template = PublishTemplate::new(
+        &spec.topic,
+        cfg.qos,
+        cfg.payload_size,
+        cfg.opts.version,
+        spec.id,
+    )
+    .map_err(|e| BenchError::Encode {
+        client: format!("publisher {name_id}"),
+        source: e,
+    })?;
+    let permit = connect_limit
+        .acquire()
+        .await
+        .expect("semaphore is never closed");
+    let (mut conn, connack) = Conn::open(
+        client_name("p", spec.id),
+        spec.addr,
+        spec.source,
+        &cfg.opts,
+        None,
+    )
+    .await?;
     drop(permit);
     let mut window = cfg.window;
     if let Some(rm) = connack.properties.receive_maximum {
@@ -280,14 +328,18 @@ pub async fn publisher(
     let _ = ready.send(());
     let Some((start, deadline)) = wait_run(&mut phase).await else {
         conn.close().await;
-        return Ok(PubResult { id: spec.id, ..Default::default() });
+        return Ok(PubResult::default());
     };
 
     let counters = &shared.publishers[spec.id as usize];
     let clock = shared.clock;
     let mut st = PubState {
         qos: cfg.qos,
-        ids: if cfg.qos == QoS::AtMostOnce { Vec::new() } else { vec![FREE; 65536] },
+        ids: if cfg.qos == QoS::AtMostOnce {
+            Vec::new()
+        } else {
+            vec![FREE; (usize::from(window) * 2).clamp(256, 65535) + 1]
+        },
         in_flight: 0,
         next_id: 0,
         acked: 0,
@@ -295,7 +347,11 @@ pub async fn publisher(
     };
     let batch_max = (cfg.write_chunk / template.len()).clamp(1, 4096) as u64;
     let fanout = spec.fanout.max(1);
-    let e2e = if cfg.rate.is_none() { cfg.e2e_window } else { 0 };
+    let e2e = if cfg.rate.is_none() {
+        cfg.e2e_window
+    } else {
+        0
+    };
     // Fixed rate: message k is due at start + offset + k / rate; publishers are spread
     // evenly over one interval so that they do not all send at the same instant.
     let rate_offset = cfg.rate.map(|r| {
@@ -318,11 +374,25 @@ pub async fn publisher(
             break;
         }
         let mut n = batch_max;
-        if cfg.qos != QoS::AtMostOnce {
-            n = n.min(u64::from(window) - u64::from(st.in_flight));
-        }
         if let Some(c) = cfg.count {
             n = n.min(c - seq);
+        }
+        // Closed loop: once a limit is reached, wait until a quarter of it is free again
+        // rather than trickle out one message per acknowledgement.
+        let closed = cfg.rate.is_none();
+        let limit = |n: u64, room: u64, cap: u64| {
+            if closed && room < n && room < (cap / 4).max(1) {
+                0
+            } else {
+                n.min(room)
+            }
+        };
+        if cfg.qos != QoS::AtMostOnce {
+            n = limit(
+                n,
+                u64::from(window) - u64::from(st.in_flight),
+                u64::from(window),
+            );
         }
         let mut next_due = None;
         let mut e2e_blocked = false;
@@ -336,19 +406,18 @@ pub async fn publisher(
             n = n.min(due.saturating_sub(seq));
             if n == 0 {
                 let t = (seq as f64) / rate;
-                next_due = Some(start + rate_offset.unwrap_or_default() + Duration::from_secs_f64(t));
+                next_due =
+                    Some(start + rate_offset.unwrap_or_default() + Duration::from_secs_f64(t));
             }
-        } else if e2e > 0 {
+        } else if e2e > 0 && n > 0 {
             let delivered = counters.delivered.load(Ordering::Acquire);
             if delivered != last_delivered.0 {
                 last_delivered = (delivered, now);
             }
             let outstanding = (seq * fanout).saturating_sub(delivered + written_off);
             let room = (e2e * fanout).saturating_sub(outstanding) / fanout;
-            if room < n {
-                n = room;
-                e2e_blocked = room == 0;
-            }
+            n = limit(n, room, e2e);
+            e2e_blocked = n == 0;
         }
         if n > 0 {
             let sent_ns = clock.at(now);
@@ -358,8 +427,13 @@ pub async fn publisher(
                 let id = st.take_id();
                 // At a fixed rate the timestamp is the scheduled send time, so that a
                 // publisher held back by flow control still counts the wait as latency.
+                // Up to TIMER_SLACK of lateness is the timer's granularity, not a stall,
+                // and is not counted.
                 let ts = match per_msg_ns {
-                    Some(p) => base_ns + (seq as f64 * p) as u64,
+                    Some(p) => {
+                        let due = base_ns + (seq as f64 * p) as u64;
+                        due + sent_ns.saturating_sub(due).min(TIMER_SLACK_NS)
+                    }
                     None => sent_ns,
                 };
                 template.append(&mut conn.wbuf, id, seq, ts);
@@ -413,8 +487,6 @@ pub async fn publisher(
     }
     conn.flush().await?;
     let result = PubResult {
-        id: spec.id,
-        sent: seq,
         acked: st.acked,
         rejected: st.rejected,
         unacked: u64::from(st.in_flight),
@@ -432,7 +504,10 @@ pub fn client_name(kind: &str, id: u32) -> String {
 pub fn run_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
         format!("{:x}{:05x}", std::process::id() & 0xffff, nanos & 0xfffff)
     })
 }
@@ -448,6 +523,8 @@ struct SubState {
     touched: Vec<usize>,
     track_progress: bool,
     received: u64,
+    /// First-time arrivals since the last flush to `Shared::unique`.
+    new: u64,
     out_of_order: u64,
     unexpected: u64,
     hist: Histogram,
@@ -476,8 +553,13 @@ impl SubState {
             return;
         };
         let seen = match &mut self.streams {
-            Streams::Own(s) => s.record(slot, h.seq),
+            Streams::Own(s) => {
+                let seen = s.record(slot, h.seq);
+                self.new += u64::from(seen == Seen::New);
+                seen
+            }
             Streams::Group(_) => {
+                // Counted as new when applied to the group's tracker.
                 self.scratch.push((slot, h.seq));
                 Seen::New
             }
@@ -505,8 +587,7 @@ impl SubState {
         );
         let before = self.received;
         let mut off = 0;
-        loop {
-            let Some((first, len, body)) = frame_header(&conn.rbuf[off..]) else { break };
+        while let Some((first, len, body)) = frame_header(&conn.rbuf[off..]) {
             if len > MAX_PACKET {
                 return Err(conn.protocol(format!("packet of {len} bytes is too large")));
             }
@@ -529,7 +610,9 @@ impl SubState {
                 conn.consume(off);
                 off = 0;
                 match conn.decode_one()? {
-                    Some(Packet::PubRel(r)) => conn.queue(&Packet::PubComp(PubResponse::new(r.packet_id)))?,
+                    Some(Packet::PubRel(r)) => {
+                        conn.queue(&Packet::PubComp(PubResponse::new(r.packet_id)))?
+                    }
                     Some(Packet::PingResp) => {}
                     Some(Packet::Disconnect(d)) => {
                         return Err(conn.protocol(format!(
@@ -538,7 +621,9 @@ impl SubState {
                         )))
                     }
                     Some(other) => {
-                        return Err(conn.protocol(format!("unexpected {} to a subscriber", other.name())))
+                        return Err(
+                            conn.protocol(format!("unexpected {} to a subscriber", other.name()))
+                        )
                     }
                     None => break,
                 }
@@ -549,7 +634,7 @@ impl SubState {
             if !self.scratch.is_empty() {
                 let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
                 for &(slot, seq) in &self.scratch {
-                    g.record(slot, seq);
+                    self.new += u64::from(g.record(slot, seq) == Seen::New);
                 }
                 self.scratch.clear();
             }
@@ -561,7 +646,12 @@ impl SubState {
             self.pending[slot] = 0;
         }
         self.touched.clear();
-        shared.received.fetch_add(self.received - before, Ordering::Relaxed);
+        shared
+            .received
+            .fetch_add(self.received - before, Ordering::Relaxed);
+        shared
+            .unique
+            .fetch_add(std::mem::take(&mut self.new), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -574,22 +664,35 @@ pub async fn subscriber(
     ready: Ready,
     mut phase: watch::Receiver<Phase>,
 ) -> Result<SubResult, BenchError> {
-    let permit = connect_limit.acquire().await.expect("semaphore is never closed");
-    let (mut conn, _) =
-        Conn::open(client_name("s", spec.id), spec.addr, spec.source, &cfg.opts, Some(u16::MAX))
-            .await?;
+    let permit = connect_limit
+        .acquire()
+        .await
+        .expect("semaphore is never closed");
+    let (mut conn, _) = Conn::open(
+        client_name("s", spec.id),
+        spec.addr,
+        spec.source,
+        &cfg.opts,
+        Some(u16::MAX),
+    )
+    .await?;
     conn.queue(&Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![SubscribeFilter {
             filter: spec.filter.clone(),
-            options: SubscriptionOptions { qos: cfg.qos, ..Default::default() },
+            options: SubscriptionOptions {
+                qos: cfg.qos,
+                ..Default::default()
+            },
         }],
         properties: SubscribeProperties::default(),
     }))?;
     conn.flush().await?;
     let suback = tokio::time::timeout(cfg.opts.connect_timeout, conn.read_packet())
         .await
-        .map_err(|_| BenchError::Timeout(format!("{}: no SUBACK for {}", conn.name, spec.filter)))??;
+        .map_err(|_| {
+            BenchError::Timeout(format!("{}: no SUBACK for {}", conn.name, spec.filter))
+        })??;
     match suback {
         Packet::SubAck(a) if a.packet_id == 1 && a.reasons.len() == 1 => {
             let r = a.reasons[0];
@@ -622,6 +725,7 @@ pub async fn subscriber(
         touched: Vec::new(),
         track_progress: cfg.rate.is_none() && cfg.e2e_window > 0,
         received: 0,
+        new: 0,
         out_of_order: 0,
         unexpected: 0,
         hist: Histogram::new(),

@@ -16,6 +16,9 @@ use crate::BenchError;
 /// The largest packet the load generator accepts from a broker.
 pub const MAX_PACKET: usize = 16 << 20;
 
+/// A write that makes no progress for this long means the broker is stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct ClientOpts {
     pub version: ProtocolVersion,
     pub keep_alive: u16,
@@ -61,12 +64,20 @@ impl Conn {
         opts: &ClientOpts,
         receive_maximum: Option<u16>,
     ) -> Result<(Conn, ConnAck), BenchError> {
-        let connect_err = |source: io::Error| BenchError::Connect { client: name.clone(), addr, source };
+        let connect_err = |source: io::Error| BenchError::Connect {
+            client: name.clone(),
+            addr,
+            source,
+        };
         let stream = match source {
             None => TcpStream::connect(addr).await.map_err(connect_err)?,
             Some(ip) => {
-                let sock = if ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-                    .map_err(connect_err)?;
+                let sock = if ip.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }
+                .map_err(connect_err)?;
                 sock.bind(SocketAddr::new(ip, 0)).map_err(connect_err)?;
                 sock.connect(addr).await.map_err(connect_err)?
             }
@@ -99,23 +110,34 @@ impl Conn {
         conn.flush().await?;
         match conn.read_packet().await? {
             Packet::ConnAck(ack) if !ack.reason.is_error() => Ok((conn, ack)),
-            Packet::ConnAck(ack) => Err(BenchError::Refused { client: name, reason: ack.reason.0 }),
+            Packet::ConnAck(ack) => Err(BenchError::Refused {
+                client: name,
+                reason: ack.reason.0,
+            }),
             other => Err(conn.protocol(format!("expected CONNACK, got {}", other.name()))),
         }
     }
 
     pub fn protocol(&self, detail: String) -> BenchError {
-        BenchError::Protocol { client: self.name.clone(), detail }
+        BenchError::Protocol {
+            client: self.name.clone(),
+            detail,
+        }
     }
 
     pub fn io(&self, source: io::Error) -> BenchError {
-        BenchError::Io { client: self.name.clone(), source }
+        BenchError::Io {
+            client: self.name.clone(),
+            source,
+        }
     }
 
     /// Encodes `packet` onto the write buffer.
     pub fn queue(&mut self, packet: &Packet) -> Result<(), BenchError> {
-        encode(packet, self.version, &mut self.wbuf)
-            .map_err(|e| BenchError::Encode { client: self.name.clone(), source: e })
+        encode(packet, self.version, &mut self.wbuf).map_err(|e| BenchError::Encode {
+            client: self.name.clone(),
+            source: e,
+        })
     }
 
     /// Writes out the write buffer.
@@ -123,9 +145,15 @@ impl Conn {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let r = self.stream.write_all(&self.wbuf).await;
+        let r = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.wbuf)).await;
         self.wbuf.clear();
-        r.map_err(|e| self.io(e))
+        match r {
+            Ok(r) => r.map_err(|e| self.io(e)),
+            Err(_) => Err(BenchError::Timeout(format!(
+                "{}: the broker read nothing from this connection for {WRITE_TIMEOUT:?}",
+                self.name
+            ))),
+        }
     }
 
     /// Reads until one whole packet is buffered and decodes it (setup and teardown only).
@@ -141,8 +169,10 @@ impl Conn {
 
     /// Decodes one packet from the front of the read buffer with the codec.
     pub fn decode_one(&mut self) -> Result<Option<Packet>, BenchError> {
-        decode(&mut self.rbuf, Some(self.version), MAX_PACKET)
-            .map_err(|e| BenchError::Decode { client: self.name.clone(), source: e })
+        decode(&mut self.rbuf, Some(self.version), MAX_PACKET).map_err(|e| BenchError::Decode {
+            client: self.name.clone(),
+            source: e,
+        })
     }
 
     /// Reads whatever the socket has without waiting, up to about one read chunk.

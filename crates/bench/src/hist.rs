@@ -156,7 +156,10 @@ mod tests {
         while v < MAX_VALUE {
             let (low, high) = bucket_range(index_of(v));
             assert!(low <= v && v <= high);
-            assert!((high - low) as f64 <= v as f64 / HALF as f64, "v={v} low={low} high={high}");
+            assert!(
+                (high - low) as f64 <= v as f64 / HALF as f64,
+                "v={v} low={low} high={high}"
+            );
             v = v * 3 / 2 + 1;
         }
     }
@@ -198,7 +201,10 @@ mod tests {
             (1.0, 100_000_000),
         ] {
             let got = h.quantile(q);
-            assert!(within(got, expected, 1.0 / 256.0), "q={q} got={got} expected={expected}");
+            assert!(
+                within(got, expected, 1.0 / 256.0),
+                "q={q} got={got} expected={expected}"
+            );
             // Highest-equivalent reporting never under-reports.
             assert!(got >= expected, "q={q} got={got} expected={expected}");
         }

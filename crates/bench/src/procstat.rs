@@ -35,7 +35,11 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
 pub fn parse_status_memory(status: &str) -> Option<(u64, u64)> {
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
-        line[name.len()..].split_ascii_whitespace().next()?.parse().ok()
+        line[name.len()..]
+            .split_ascii_whitespace()
+            .next()?
+            .parse()
+            .ok()
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
@@ -53,7 +57,8 @@ mod tests {
 
     #[test]
     fn parses_status_memory() {
-        let status = "Name:\tmosquitto\nVmPeak:\t  20000 kB\nVmHWM:\t    9876 kB\nVmRSS:\t    5432 kB\n";
+        let status =
+            "Name:\tmosquitto\nVmPeak:\t  20000 kB\nVmHWM:\t    9876 kB\nVmRSS:\t    5432 kB\n";
         assert_eq!(parse_status_memory(status), Some((5432, 9876)));
     }
 

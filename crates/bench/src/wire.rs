@@ -63,7 +63,12 @@ impl PublishTemplate {
         for (i, b) in payload.iter_mut().enumerate().skip(HEADER_LEN) {
             *b = b'a' + (i % 26) as u8;
         }
-        PayloadHeader { publisher, seq: 0, sent_ns: 0 }.write(&mut payload);
+        PayloadHeader {
+            publisher,
+            seq: 0,
+            sent_ns: 0,
+        }
+        .write(&mut payload);
         let packet = Packet::Publish(Publish {
             dup: false,
             qos,
@@ -84,7 +89,11 @@ impl PublishTemplate {
         if let Some(off) = pid_off {
             assert_eq!(&bytes[off..off + 2], &[0, 1], "template packet id offset");
         }
-        Ok(Self { bytes, pid_off, hdr_off })
+        Ok(Self {
+            bytes,
+            pid_off,
+            hdr_off,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -182,7 +191,11 @@ pub fn parse_publish(
         need(p, props)?;
         p += props;
     }
-    Ok(PublishView { qos, packet_id, payload: &pkt[p..] })
+    Ok(PublishView {
+        qos,
+        packet_id,
+        payload: &pkt[p..],
+    })
 }
 
 #[cfg(test)]
@@ -223,8 +236,22 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (pid(4242), PayloadHeader { publisher: 17, seq: 99, sent_ns: 123_456_789 }),
-                (pid(7), PayloadHeader { publisher: 17, seq: 100, sent_ns: 123_456_999 }),
+                (
+                    pid(4242),
+                    PayloadHeader {
+                        publisher: 17,
+                        seq: 99,
+                        sent_ns: 123_456_789
+                    }
+                ),
+                (
+                    pid(7),
+                    PayloadHeader {
+                        publisher: 17,
+                        seq: 100,
+                        sent_ns: 123_456_999
+                    }
+                ),
             ]
         );
     }
@@ -247,7 +274,12 @@ mod tests {
         assert_eq!(frame_header(&[0x30, 0x80]), None);
         assert_eq!(frame_header(&[0x30, 0x05]), Some((0x30, 7, 2)));
         assert_eq!(frame_header(&[0x30, 0x80, 0x01]), Some((0x30, 131, 3)));
-        assert_eq!(frame_header(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).unwrap().1, usize::MAX);
+        assert_eq!(
+            frame_header(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01])
+                .unwrap()
+                .1,
+            usize::MAX
+        );
     }
 
     #[test]
@@ -276,7 +308,11 @@ mod tests {
     fn short_payload_has_no_header() {
         assert_eq!(PayloadHeader::read(&[0; 19]), None);
         let mut b = [0u8; 20];
-        let h = PayloadHeader { publisher: u32::MAX, seq: u64::MAX - 1, sent_ns: 5 };
+        let h = PayloadHeader {
+            publisher: u32::MAX,
+            seq: u64::MAX - 1,
+            sent_ns: 5,
+        };
         h.write(&mut b);
         assert_eq!(PayloadHeader::read(&b), Some(h));
     }

@@ -96,14 +96,17 @@ impl Broker {
         cluster: Arc<dyn Cluster>,
     ) -> Result<Arc<Self>, BrokerError> {
         if config.maximum_qos > 2 {
-            return Err(BrokerError::Config("broker.maximum_qos must be 0, 1 or 2".into()));
+            return Err(BrokerError::Config(
+                "broker.maximum_qos must be 0, 1 or 2".into(),
+            ));
         }
         if config.receive_maximum == 0 || config.max_inflight == 0 {
             return Err(BrokerError::Config(
                 "broker.receive_maximum and broker.max_inflight must be at least 1".into(),
             ));
         }
-        let authenticator = Authenticator::new(&auth).map_err(|e| BrokerError::Auth(e.to_string()))?;
+        let authenticator =
+            Authenticator::new(&auth).map_err(|e| BrokerError::Auth(e.to_string()))?;
         let acl = Acl::new(&auth).map_err(|e| BrokerError::Auth(e.to_string()))?;
         Ok(Arc::new(Self {
             config,
@@ -137,8 +140,12 @@ impl Broker {
 
     /// Serves one client connection until it closes. `listener` names the listener for
     /// metrics and logs.
-    pub async fn serve_connection<S>(self: &Arc<Self>, stream: S, peer: SocketAddr, listener: &'static str)
-    where
+    pub async fn serve_connection<S>(
+        self: &Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        listener: &'static str,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if *self.shutdown.borrow() {
@@ -147,8 +154,15 @@ impl Broker {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         self.live_connections.fetch_add(1, Ordering::AcqRel);
         let _live = LiveConnection(self);
-        crate::connection::run(self.clone(), stream, peer, listener, conn_id, self.shutdown.subscribe())
-            .await;
+        crate::connection::run(
+            self.clone(),
+            stream,
+            peer,
+            listener,
+            conn_id,
+            self.shutdown.subscribe(),
+        )
+        .await;
     }
 
     /// Disconnects every client (v5 clients get DISCONNECT 0x8B) and returns when all
@@ -211,7 +225,10 @@ impl Broker {
             };
             let previous = {
                 let mut inner = slot.inner.lock();
-                let online = SlotState::Online { conn_id, tx: tx.clone() };
+                let online = SlotState::Online {
+                    conn_id,
+                    tx: tx.clone(),
+                };
                 if !inner.registered {
                     // Removed between our two locks: look the client id up again.
                     continue;
@@ -221,7 +238,10 @@ impl Broker {
             };
             let old_session = match previous {
                 SlotState::Ended => None,
-                SlotState::Offline { session, pending_will } => {
+                SlotState::Offline {
+                    session,
+                    pending_will,
+                } => {
                     self.stats.sessions_offline.fetch_sub(1, Ordering::Relaxed);
                     // A will still waiting out its delay is not sent: the client is back.
                     drop(pending_will);
@@ -230,7 +250,10 @@ impl Broker {
                 SlotState::Online { tx: old_tx, .. } => {
                     let (reply, answer) = oneshot::channel();
                     if old_tx.send(ConnCommand::TakeOver { reply, resume }).is_ok() {
-                        tokio::time::timeout(Duration::from_secs(10), answer).await.ok().and_then(Result::ok)
+                        tokio::time::timeout(Duration::from_secs(10), answer)
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
                     } else {
                         None
                     }
@@ -310,10 +333,20 @@ impl Broker {
             drop(inner);
             self.stats.sessions_offline.fetch_add(1, Ordering::Relaxed);
             if let Some((_, delay)) = will_later {
-                self.arm_timer(slot, generation, Duration::from_secs(u64::from(delay)), TimerKind::WillDelay);
+                self.arm_timer(
+                    slot,
+                    generation,
+                    Duration::from_secs(u64::from(delay)),
+                    TimerKind::WillDelay,
+                );
             }
             if expiry != u32::MAX {
-                self.arm_timer(slot, generation, Duration::from_secs(u64::from(expiry)), TimerKind::SessionExpiry);
+                self.arm_timer(
+                    slot,
+                    generation,
+                    Duration::from_secs(u64::from(expiry)),
+                    TimerKind::SessionExpiry,
+                );
             }
         }
         if let Some(w) = will_now {
@@ -321,7 +354,13 @@ impl Broker {
         }
     }
 
-    fn arm_timer(self: &Arc<Self>, slot: &Arc<SessionSlot>, generation: u64, after: Duration, kind: TimerKind) {
+    fn arm_timer(
+        self: &Arc<Self>,
+        slot: &Arc<SessionSlot>,
+        generation: u64,
+        after: Duration,
+        kind: TimerKind,
+    ) {
         let broker = Arc::downgrade(self);
         let slot = Arc::downgrade(slot);
         tokio::spawn(async move {
@@ -349,8 +388,10 @@ impl Broker {
                 }
             }
             TimerKind::SessionExpiry => {
-                let SlotState::Offline { session, pending_will } =
-                    std::mem::replace(&mut inner.state, SlotState::Ended)
+                let SlotState::Offline {
+                    session,
+                    pending_will,
+                } = std::mem::replace(&mut inner.state, SlotState::Ended)
                 else {
                     return;
                 };
@@ -374,7 +415,10 @@ impl Broker {
         let mut inner = slot.inner.lock();
         if matches!(inner.state, SlotState::Ended) && inner.registered {
             inner.registered = false;
-            if sessions.get(&slot.client_id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            if sessions
+                .get(&slot.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, slot))
+            {
                 sessions.remove(&slot.client_id);
             }
         }
@@ -390,14 +434,25 @@ impl Broker {
 
     /// Adds (or replaces) a subscription in the index. Returns true if it already existed.
     /// The filter was validated by the caller.
-    pub(crate) fn add_subscription(&self, slot: &Arc<SessionSlot>, filter: &str, sub: &Subscription) -> bool {
+    pub(crate) fn add_subscription(
+        &self,
+        slot: &Arc<SessionSlot>,
+        filter: &str,
+        sub: &Subscription,
+    ) -> bool {
         let key = SlotKey(slot.clone());
         match topic::parse_shared(filter) {
             Ok(Some(shared)) => {
-                let member = SharedMember { slot: key, qos: sub.options.qos, identifier: sub.identifier };
+                let member = SharedMember {
+                    slot: key,
+                    qos: sub.options.qos,
+                    identifier: sub.identifier,
+                };
                 let mut groups = self.shared.write();
                 // Re-adding replaces the member, so its options (QoS, identifier) update.
-                let existed = groups.members(shared.group, shared.filter).contains(&member);
+                let existed = groups
+                    .members(shared.group, shared.filter)
+                    .contains(&member);
                 if existed {
                     groups.remove(shared.group, shared.filter, &member);
                 }
@@ -438,13 +493,20 @@ impl Broker {
         let key = SlotKey(slot.clone());
         let (removed, last) = match topic::parse_shared(filter) {
             Ok(Some(shared)) => {
-                let member = SharedMember { slot: key, qos: QoS::AtMostOnce, identifier: None };
+                let member = SharedMember {
+                    slot: key,
+                    qos: QoS::AtMostOnce,
+                    identifier: None,
+                };
                 let mut groups = self.shared.write();
-                let existed = groups.members(shared.group, shared.filter).contains(&member);
+                let existed = groups
+                    .members(shared.group, shared.filter)
+                    .contains(&member);
                 let emptied = groups.remove(shared.group, shared.filter, &member);
                 drop(groups);
                 if emptied {
-                    self.cluster.route_removed(shared.filter, Some(shared.group));
+                    self.cluster
+                        .route_removed(shared.filter, Some(shared.group));
                 }
                 (existed, false)
             }
@@ -465,18 +527,26 @@ impl Broker {
 
     /// Retained messages matching a new subscription, as deliveries at
     /// min(message QoS, granted QoS) with RETAIN set.
-    pub(crate) fn retained_for(&self, filter: &str, granted: QoS, identifier: Option<u32>, now: Instant) -> Vec<Delivery> {
+    pub(crate) fn retained_for(
+        &self,
+        filter: &str,
+        granted: QoS,
+        identifier: Option<u32>,
+        now: Instant,
+    ) -> Vec<Delivery> {
         let mut out = Vec::new();
-        self.retained.read().for_each_matching(filter, |_, message| {
-            if !message.is_expired(now) {
-                out.push(Delivery {
-                    message: message.clone(),
-                    qos: message.qos.min(granted),
-                    retain: true,
-                    subscription_ids: identifier.into_iter().collect(),
-                });
-            }
-        });
+        self.retained
+            .read()
+            .for_each_matching(filter, |_, message| {
+                if !message.is_expired(now) {
+                    out.push(Delivery {
+                        message: message.clone(),
+                        qos: message.qos.min(granted),
+                        retain: true,
+                        subscription_ids: identifier.into_iter().collect(),
+                    });
+                }
+            });
         out
     }
 
@@ -533,7 +603,8 @@ impl Broker {
         {
             let shared = self.shared.read();
             shared.for_each_matching_group(&message.topic, |group, filter| {
-                if let Some(member) = shared.pick(group, filter, |m: &SharedMember| m.slot.0.is_online())
+                if let Some(member) = shared
+                    .pick(group, filter, |m: &SharedMember| m.slot.0.is_online())
                     .or_else(|| shared.pick(group, filter, |_| true))
                 {
                     targets.push((

@@ -85,7 +85,12 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { allow_anonymous: true, users: Vec::new(), acl: Vec::new(), acl_default: AclDecision::Allow }
+        Self {
+            allow_anonymous: true,
+            users: Vec::new(),
+            acl: Vec::new(),
+            acl_default: AclDecision::Allow,
+        }
     }
 }
 

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tern_codec::{
-    decode, decode_connect_version, encode, encoded_len, ConnAck, ConnAckProperties, Connect, DecodeError,
-    DecodeErrorKind, Disconnect, DisconnectProperties, Packet, ProtocolVersion, PubResponse, Publish,
-    PublishProperties, QoS, ReasonCode, ReasonProperties, RetainHandling, SubAck, Subscribe, UnsubAck,
-    Unsubscribe,
+    decode, decode_connect_version, encode, encoded_len, ConnAck, ConnAckProperties, Connect,
+    DecodeError, DecodeErrorKind, Disconnect, DisconnectProperties, Packet, ProtocolVersion,
+    PubResponse, Publish, PublishProperties, QoS, ReasonCode, ReasonProperties, RetainHandling,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -43,13 +43,18 @@ const COMMANDS_PER_TURN: usize = 256;
 /// Why the connection loop ended.
 enum Exit {
     /// The client sent DISCONNECT; `keep_will` for v5 reason 0x04.
-    Disconnected { keep_will: bool },
+    Disconnected {
+        keep_will: bool,
+    },
     /// The socket closed or failed without a DISCONNECT.
     ConnectionLost,
     /// We close the connection with this reason (v5 clients get a DISCONNECT first).
     Close(ReasonCode, &'static str),
     /// Another connection took this client id.
-    TakenOver { reply: oneshot::Sender<Session>, resume: bool },
+    TakenOver {
+        reply: oneshot::Sender<Session>,
+        resume: bool,
+    },
     Shutdown,
 }
 
@@ -81,13 +86,16 @@ pub(crate) async fn run<S>(
         Ok(Err(ReadConnectError::Closed)) => return,
         Ok(Err(ReadConnectError::Malformed(e, version))) => {
             broker.stats.count_malformed(e.kind.label());
-            broker.stats.count_connect_outcome(e.kind.reason_code().name());
+            broker
+                .stats
+                .count_connect_outcome(e.kind.reason_code().name());
             info!(%peer, error = %e, "malformed CONNECT");
             let refuse = match (version, e.kind) {
                 (Some(v), _) => Some((v, e.kind.reason_code())),
-                (None, DecodeErrorKind::ProtocolVersion) => {
-                    Some((ProtocolVersion::V311, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION))
-                }
+                (None, DecodeErrorKind::ProtocolVersion) => Some((
+                    ProtocolVersion::V311,
+                    ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                )),
                 _ => None,
             };
             if let Some((version, reason)) = refuse {
@@ -108,7 +116,11 @@ pub(crate) async fn run<S>(
         }
     };
     broker.stats.count_connect_outcome("success");
-    let Accepted { mut conn, mut rx, connack } = accepted;
+    let Accepted {
+        mut conn,
+        mut rx,
+        connack,
+    } = accepted;
     debug!(%peer, listener, client_id = %conn.client_id, version = version.label(), "client connected");
 
     let stats = &broker.stats;
@@ -122,7 +134,9 @@ pub(crate) async fn run<S>(
 
     conn.write_packet(&Packet::ConnAck(connack));
     conn.resend_inflight();
-    let exit = conn.serve(&mut reader, &mut writer, inbuf, &mut rx, &mut shutdown).await;
+    let exit = conn
+        .serve(&mut reader, &mut writer, inbuf, &mut rx, &mut shutdown)
+        .await;
     conn.finish(exit, &mut writer, &mut rx).await;
 
     stats.connections_current.fetch_sub(1, Ordering::Relaxed);
@@ -143,7 +157,10 @@ async fn read_connect<R: AsyncRead + Unpin>(
         match decode(buf, None, max_packet_size) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(_)) => {
-                let e = DecodeError::new(DecodeErrorKind::FirstPacketNotConnect, "first packet is not CONNECT");
+                let e = DecodeError::new(
+                    DecodeErrorKind::FirstPacketNotConnect,
+                    "first packet is not CONNECT",
+                );
                 return Err(ReadConnectError::Malformed(e, None));
             }
             Ok(None) => {}
@@ -156,13 +173,21 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
-async fn refuse_connect<W: AsyncWrite + Unpin>(writer: &mut W, version: ProtocolVersion, reason: ReasonCode) {
+async fn refuse_connect<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    version: ProtocolVersion,
+    reason: ReasonCode,
+) {
     let mut properties = ConnAckProperties::default();
     if version == ProtocolVersion::V5 {
         // CONNACK may carry a reason string whatever Request Problem Information says.
         properties.reason_string = Some(reason.name().replace('_', " "));
     }
-    let connack = ConnAck { session_present: false, reason, properties };
+    let connack = ConnAck {
+        session_present: false,
+        reason,
+        properties,
+    };
     let mut out = BytesMut::new();
     if encode(&Packet::ConnAck(connack), version, &mut out).is_ok() {
         let _ = tokio::time::timeout(CLOSE_FLUSH, async {
@@ -181,7 +206,11 @@ struct Accepted {
 
 /// Checks a CONNECT, authenticates, claims the client id and builds the connection's
 /// state. Returns the reason code to refuse with otherwise.
-async fn accept_connect(broker: &Arc<Broker>, connect: Connect, conn_id: u64) -> Result<Accepted, ReasonCode> {
+async fn accept_connect(
+    broker: &Arc<Broker>,
+    connect: Connect,
+    conn_id: u64,
+) -> Result<Accepted, ReasonCode> {
     let config = broker.config();
     let v5 = connect.protocol == ProtocolVersion::V5;
     if broker.is_shutting_down() {
@@ -208,11 +237,16 @@ async fn accept_connect(broker: &Arc<Broker>, connect: Connect, conn_id: u64) ->
         // Password hashes are deliberately slow: keep them off the runtime's threads.
         let b = broker.clone();
         let (user, pass) = (connect.username.clone(), connect.password.clone());
-        tokio::task::spawn_blocking(move || b.authenticator.authenticate(user.as_deref(), pass.as_deref()))
-            .await
-            .unwrap_or(AuthOutcome::BadCredentials)
+        tokio::task::spawn_blocking(move || {
+            b.authenticator
+                .authenticate(user.as_deref(), pass.as_deref())
+        })
+        .await
+        .unwrap_or(AuthOutcome::BadCredentials)
     } else {
-        broker.authenticator.authenticate(connect.username.as_deref(), connect.password.as_deref())
+        broker
+            .authenticator
+            .authenticate(connect.username.as_deref(), connect.password.as_deref())
     };
     match outcome {
         AuthOutcome::Allowed => {}
@@ -256,7 +290,10 @@ async fn accept_connect(broker: &Arc<Broker>, connect: Connect, conn_id: u64) ->
                         props,
                         Instant::now(),
                     );
-                    (Arc::new(message), w.properties.will_delay_interval.unwrap_or(0))
+                    (
+                        Arc::new(message),
+                        w.properties.will_delay_interval.unwrap_or(0),
+                    )
                 })
         }
     };
@@ -280,9 +317,13 @@ async fn accept_connect(broker: &Arc<Broker>, connect: Connect, conn_id: u64) ->
     };
 
     let (tx, rx) = mpsc::unbounded_channel();
-    let claim = broker.claim(&client_id, conn_id, tx, !connect.clean_start).await;
+    let claim = broker
+        .claim(&client_id, conn_id, tx, !connect.clean_start)
+        .await;
     let session_present = claim.resumed.is_some();
-    let mut session = claim.resumed.unwrap_or_else(|| Session::new(client_id.clone(), expiry));
+    let mut session = claim
+        .resumed
+        .unwrap_or_else(|| Session::new(client_id.clone(), expiry));
     session.expiry_interval = expiry;
 
     let problem_info = connect.properties.request_problem_information != Some(0);
@@ -294,18 +335,34 @@ async fn accept_connect(broker: &Arc<Broker>, connect: Connect, conn_id: u64) ->
         properties.retain_available = (!config.retain_available).then_some(0);
         properties.maximum_packet_size = Some(config.max_packet_size);
         properties.assigned_client_identifier = assigned;
-        properties.topic_alias_maximum = (config.topic_alias_maximum > 0).then_some(config.topic_alias_maximum);
+        properties.topic_alias_maximum =
+            (config.topic_alias_maximum > 0).then_some(config.topic_alias_maximum);
         properties.wildcard_subscription_available = (!config.wildcard_subscriptions).then_some(0);
-        properties.subscription_identifiers_available = (!config.subscription_identifiers).then_some(0);
+        properties.subscription_identifiers_available =
+            (!config.subscription_identifiers).then_some(0);
         properties.shared_subscription_available = (!config.shared_subscriptions).then_some(0);
         properties.server_keep_alive = server_keep_alive;
-        if connect.properties.request_response_information == Some(1) && !config.response_information.is_empty() {
-            properties.response_information = Some(config.response_information.replace("{client_id}", &client_id));
+        if connect.properties.request_response_information == Some(1)
+            && !config.response_information.is_empty()
+        {
+            properties.response_information = Some(
+                config
+                    .response_information
+                    .replace("{client_id}", &client_id),
+            );
         }
     }
-    let connack = ConnAck { session_present, reason: ReasonCode::SUCCESS, properties };
+    let connack = ConnAck {
+        session_present,
+        reason: ReasonCode::SUCCESS,
+        properties,
+    };
 
-    let client_window = if v5 { connect.properties.receive_maximum.unwrap_or(u16::MAX) } else { u16::MAX };
+    let client_window = if v5 {
+        connect.properties.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
     let conn = Connection {
         broker: broker.clone(),
         version: connect.protocol,
@@ -317,8 +374,15 @@ async fn accept_connect(broker: &Arc<Broker>, connect: Connect, conn_id: u64) ->
         will,
         keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
         window: usize::from(client_window.min(config.max_inflight)),
-        client_max_packet_size: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
-        client_topic_alias_max: if v5 { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
+        client_max_packet_size: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        client_topic_alias_max: if v5 {
+            connect.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
         out_aliases: HashMap::new(),
         in_aliases: HashMap::new(),
         problem_info,
@@ -364,7 +428,11 @@ impl Connection {
         let keep_alive = self.keep_alive;
         let mut last_heard = tokio::time::Instant::now();
         let far_future = Duration::from_secs(86_400 * 365);
-        let keep_alive_timer = tokio::time::sleep(if keep_alive.is_zero() { far_future } else { keep_alive });
+        let keep_alive_timer = tokio::time::sleep(if keep_alive.is_zero() {
+            far_future
+        } else {
+            keep_alive
+        });
         tokio::pin!(keep_alive_timer);
         loop {
             self.pump();
@@ -440,8 +508,17 @@ impl Connection {
             Exit::Disconnected { keep_will: false } => (None, None),
             Exit::ConnectionLost => (None, self.will.take()),
             Exit::Close(reason, detail) => (Some((*reason, *detail)), self.will.take()),
-            Exit::TakenOver { .. } => (Some((ReasonCode::SESSION_TAKEN_OVER, "another connection took over")), None),
-            Exit::Shutdown => (Some((ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down")), None),
+            Exit::TakenOver { .. } => (
+                Some((
+                    ReasonCode::SESSION_TAKEN_OVER,
+                    "another connection took over",
+                )),
+                None,
+            ),
+            Exit::Shutdown => (
+                Some((ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down")),
+                None,
+            ),
         };
         if let Some((reason, detail)) = reason {
             debug!(client_id = %self.client_id, reason = reason.name(), detail, "closing connection");
@@ -491,9 +568,16 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRec(r) => {
-                let known = self.session.on_pubrec(r.packet_id, !r.reason.is_error()).is_ok();
+                let known = self
+                    .session
+                    .on_pubrec(r.packet_id, !r.reason.is_error())
+                    .is_ok();
                 if !r.reason.is_error() {
-                    let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+                    let reason = if known {
+                        ReasonCode::SUCCESS
+                    } else {
+                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                    };
                     self.write_packet(&Packet::PubRel(self.response(r.packet_id, reason)));
                 }
                 Ok(())
@@ -521,14 +605,23 @@ impl Connection {
                 Ok(())
             }
             Packet::Disconnect(d) => self.handle_disconnect(d),
-            Packet::Connect(_) => Err(Exit::Close(ReasonCode::PROTOCOL_ERROR, "second CONNECT on a connection")),
-            Packet::Auth(_) => Err(Exit::Close(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::Connect(_) => Err(Exit::Close(
+                ReasonCode::PROTOCOL_ERROR,
+                "second CONNECT on a connection",
+            )),
+            Packet::Auth(_) => Err(Exit::Close(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+            )),
             other @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp) => {
                 debug!(client_id = %self.client_id, packet = other.name(), "server-only packet from a client");
-                Err(Exit::Close(ReasonCode::PROTOCOL_ERROR, "packet type not accepted from a client"))
+                Err(Exit::Close(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "packet type not accepted from a client",
+                ))
             }
         }
     }
@@ -537,32 +630,53 @@ impl Connection {
         let topic = self.resolve_topic(&p)?;
         let config = self.broker.config();
         if topic::validate_topic_name(&topic).is_err() {
-            return Err(Exit::Close(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"));
+            return Err(Exit::Close(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "invalid topic name",
+            ));
         }
         if p.qos as u8 > config.maximum_qos {
-            return Err(Exit::Close(ReasonCode::QOS_NOT_SUPPORTED, "QoS above the server's maximum"));
+            return Err(Exit::Close(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "QoS above the server's maximum",
+            ));
         }
         if p.retain && !config.retain_available {
-            return Err(Exit::Close(ReasonCode::RETAIN_NOT_SUPPORTED, "retain is not available"));
+            return Err(Exit::Close(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retain is not available",
+            ));
         }
         let receive_maximum = usize::from(config.receive_maximum);
         if p.qos == QoS::ExactlyOnce
             && !self.session.incoming_qos2_pending(p.packet_id)
             && self.session.incoming_qos2_len() >= receive_maximum
         {
-            return Err(Exit::Close(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+            return Err(Exit::Close(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "receive maximum exceeded",
+            ));
         }
         let stats = &self.broker.stats;
         stats.messages_received[p.qos as usize].fetch_add(1, Ordering::Relaxed);
 
         let allowed = !topic.starts_with("$SYS")
-            && self.broker.acl.check_publish(self.username.as_deref(), &self.client_id, &topic);
+            && self
+                .broker
+                .acl
+                .check_publish(self.username.as_deref(), &self.client_id, &topic);
         if !allowed {
             stats.count_dropped(DropReason::Acl, 1);
-            let reason = if self.version == ProtocolVersion::V5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+            let reason = if self.version == ProtocolVersion::V5 {
+                ReasonCode::NOT_AUTHORIZED
+            } else {
+                ReasonCode::SUCCESS
+            };
             match p.qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.write_packet(&Packet::PubAck(self.response(p.packet_id, reason))),
+                QoS::AtLeastOnce => {
+                    self.write_packet(&Packet::PubAck(self.response(p.packet_id, reason)))
+                }
                 QoS::ExactlyOnce => {
                     if !reason.is_error() {
                         // 3.1.1 has no way to refuse: finish the exchange, deliver nothing.
@@ -575,7 +689,9 @@ impl Connection {
         }
         if p.qos == QoS::ExactlyOnce && !self.session.on_incoming_qos2(p.packet_id) {
             // A resend of a message we have and not yet released: acknowledge only.
-            self.write_packet(&Packet::PubRec(self.response(p.packet_id, ReasonCode::SUCCESS)));
+            self.write_packet(&Packet::PubRec(
+                self.response(p.packet_id, ReasonCode::SUCCESS),
+            ));
             return Ok(());
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
@@ -601,19 +717,24 @@ impl Connection {
     fn resolve_topic(&mut self, p: &Publish) -> Result<Arc<str>, Exit> {
         let Some(alias) = p.properties.topic_alias else {
             if p.topic.is_empty() {
-                return Err(Exit::Close(ReasonCode::PROTOCOL_ERROR, "empty topic without a topic alias"));
+                return Err(Exit::Close(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "empty topic without a topic alias",
+                ));
             }
             return Ok(Arc::from(p.topic.as_str()));
         };
         if alias == 0 || alias > self.broker.config().topic_alias_maximum {
-            return Err(Exit::Close(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+            return Err(Exit::Close(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                "topic alias out of range",
+            ));
         }
         if p.topic.is_empty() {
-            return self
-                .in_aliases
-                .get(&alias)
-                .cloned()
-                .ok_or(Exit::Close(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"));
+            return self.in_aliases.get(&alias).cloned().ok_or(Exit::Close(
+                ReasonCode::PROTOCOL_ERROR,
+                "unknown topic alias",
+            ));
         }
         let topic: Arc<str> = Arc::from(p.topic.as_str());
         self.in_aliases.insert(alias, topic.clone());
@@ -638,23 +759,41 @@ impl Connection {
             let shared = match topic::parse_shared(&filter) {
                 Ok(shared) => shared.is_some(),
                 Err(_) => {
-                    reasons.push(if v5 { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                    reasons.push(if v5 {
+                        ReasonCode::TOPIC_FILTER_INVALID
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    });
                     continue;
                 }
             };
-            let inner = topic::parse_shared(&filter).ok().flatten().map_or(filter.as_str(), |s| s.filter);
+            let inner = topic::parse_shared(&filter)
+                .ok()
+                .flatten()
+                .map_or(filter.as_str(), |s| s.filter);
             if topic::validate_topic_filter(inner).is_err() {
-                reasons.push(if v5 { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                reasons.push(if v5 {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
                 continue;
             }
             if shared && request.options.no_local {
-                return Err(Exit::Close(ReasonCode::PROTOCOL_ERROR, "no local on a shared subscription"));
+                return Err(Exit::Close(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "no local on a shared subscription",
+                ));
             }
             let refusal = if shared && !config.shared_subscriptions {
                 Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
             } else if topic::has_wildcards(inner) && !config.wildcard_subscriptions {
                 Some(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
-            } else if !self.broker.acl.check_subscribe(self.username.as_deref(), &self.client_id, &filter) {
+            } else if !self.broker.acl.check_subscribe(
+                self.username.as_deref(),
+                &self.client_id,
+                &filter,
+            ) {
                 // Tern answers a denied SUBSCRIBE with 0x80 on both versions (see
                 // docs/configuration.md, "ACL").
                 Some(ReasonCode::UNSPECIFIED_ERROR)
@@ -662,15 +801,28 @@ impl Connection {
                 None
             };
             if let Some(reason) = refusal {
-                reasons.push(if v5 { reason } else { ReasonCode::UNSPECIFIED_ERROR });
+                reasons.push(if v5 {
+                    reason
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
                 continue;
             }
-            let granted = QoS::from_u8((request.options.qos as u8).min(config.maximum_qos)).unwrap_or(QoS::AtMostOnce);
+            let granted = QoS::from_u8((request.options.qos as u8).min(config.maximum_qos))
+                .unwrap_or(QoS::AtMostOnce);
             let mut options = request.options;
             options.qos = granted;
-            let subscription = Subscription { options, identifier };
-            let existed = self.session.subscriptions.insert(filter.clone(), subscription.clone()).is_some();
-            self.broker.add_subscription(&self.slot, &filter, &subscription);
+            let subscription = Subscription {
+                options,
+                identifier,
+            };
+            let existed = self
+                .session
+                .subscriptions
+                .insert(filter.clone(), subscription.clone())
+                .is_some();
+            self.broker
+                .add_subscription(&self.slot, &filter, &subscription);
             let send_retained = !shared
                 && match options.retain_handling {
                     RetainHandling::SendAtSubscribe => true,
@@ -683,7 +835,11 @@ impl Connection {
             reasons.push(ReasonCode(granted as u8));
         }
         let properties = self.problem_properties(&reasons);
-        let suback = SubAck { packet_id: s.packet_id, reasons, properties };
+        let suback = SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties,
+        };
         self.write_packet(&Packet::SubAck(suback));
         for delivery in retained {
             self.broker.enqueue_counted(&mut self.session, delivery);
@@ -705,7 +861,11 @@ impl Connection {
             })
             .collect::<Vec<_>>();
         let properties = self.problem_properties(&reasons);
-        let unsuback = UnsubAck { packet_id: u.packet_id, reasons, properties };
+        let unsuback = UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties,
+        };
         self.write_packet(&Packet::UnsubAck(unsuback));
     }
 
@@ -717,9 +877,12 @@ impl Connection {
                     "session expiry set on DISCONNECT after CONNECT set none",
                 ));
             }
-            self.session.expiry_interval = expiry.min(self.broker.config().max_session_expiry_interval);
+            self.session.expiry_interval =
+                expiry.min(self.broker.config().max_session_expiry_interval);
         }
-        Err(Exit::Disconnected { keep_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL })
+        Err(Exit::Disconnected {
+            keep_will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
+        })
     }
 
     // ---- outgoing packets -------------------------------------------------------------
@@ -759,7 +922,9 @@ impl Connection {
         let now = Instant::now();
         let mut expired = 0;
         while self.out.len() < WRITE_HIGH_WATER {
-            let Some((packet_id, delivery)) = self.session.next_to_send(self.window, now, &mut expired) else {
+            let Some((packet_id, delivery)) =
+                self.session.next_to_send(self.window, now, &mut expired)
+            else {
                 break;
             };
             if !self.send_publish(packet_id, &delivery, false, now) && packet_id != 0 {
@@ -767,7 +932,9 @@ impl Connection {
             }
         }
         if expired > 0 {
-            self.broker.stats.count_dropped(DropReason::Expired, expired);
+            self.broker
+                .stats
+                .count_dropped(DropReason::Expired, expired);
         }
     }
 
@@ -811,7 +978,8 @@ impl Connection {
         };
         let mut packet = Packet::Publish(publish);
         if self.client_max_packet_size != usize::MAX {
-            let fits = encoded_len(&packet, self.version).is_ok_and(|len| len <= self.client_max_packet_size);
+            let fits = encoded_len(&packet, self.version)
+                .is_ok_and(|len| len <= self.client_max_packet_size);
             if !fits {
                 self.broker.stats.count_dropped(DropReason::TooLarge, 1);
                 return false;

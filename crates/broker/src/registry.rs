@@ -22,7 +22,10 @@ pub(crate) enum ConnCommand {
     Deliver(Delivery),
     /// Another connection claimed this client id: disconnect (v5 reason 0x8E) and hand
     /// over the session. `resume` says whether the new connection keeps it.
-    TakeOver { reply: oneshot::Sender<Session>, resume: bool },
+    TakeOver {
+        reply: oneshot::Sender<Session>,
+        resume: bool,
+    },
 }
 
 pub(crate) type CommandSender = mpsc::UnboundedSender<ConnCommand>;
@@ -58,7 +61,14 @@ pub struct SessionSlot {
 
 impl SessionSlot {
     pub(crate) fn new(client_id: Arc<str>, state: SlotState) -> Arc<Self> {
-        Arc::new(Self { client_id, inner: Mutex::new(SlotInner { state, generation: 0, registered: true }) })
+        Arc::new(Self {
+            client_id,
+            inner: Mutex::new(SlotInner {
+                state,
+                generation: 0,
+                registered: true,
+            }),
+        })
     }
 
     pub fn is_online(&self) -> bool {

@@ -137,7 +137,12 @@ impl Session {
     /// Takes the next message that may be sent now. QoS 1/2 messages need a free slot in
     /// the client's receive window (`window`) and get a packet identifier; QoS 0 never
     /// waits for one. Expired messages are skipped and counted in `expired`.
-    pub fn next_to_send(&mut self, window: usize, now: Instant, expired: &mut u64) -> Option<(u16, Delivery)> {
+    pub fn next_to_send(
+        &mut self,
+        window: usize,
+        now: Instant,
+        expired: &mut u64,
+    ) -> Option<(u16, Delivery)> {
         loop {
             let front = self.queue.front()?;
             if front.qos != QoS::AtMostOnce && self.outgoing.len() >= window {
@@ -156,7 +161,8 @@ impl Session {
                 return Some((0, delivery));
             }
             let packet_id = self.allocate_packet_id()?;
-            self.outgoing.insert(packet_id, OutgoingInflight::Publish(delivery.clone()));
+            self.outgoing
+                .insert(packet_id, OutgoingInflight::Publish(delivery.clone()));
             return Some((packet_id, delivery));
         }
     }
@@ -278,7 +284,12 @@ mod tests {
             PublishProperties::default(),
             now,
         );
-        Delivery { message: Arc::new(message), qos, retain: false, subscription_ids: vec![] }
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
     }
 
     fn payloads(s: &mut Session, window: usize, now: Instant) -> Vec<(u16, String)> {
@@ -292,9 +303,18 @@ mod tests {
     fn full_queue_drops_oldest_qos0_first_then_new_messages() {
         let now = Instant::now();
         let mut s = Session::new(Arc::from("c"), 0);
-        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, "a0", now), 3), EnqueueOutcome::Queued);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce, "b1", now), 3), EnqueueOutcome::Queued);
-        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, "c0", now), 3), EnqueueOutcome::Queued);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, "a0", now), 3),
+            EnqueueOutcome::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "b1", now), 3),
+            EnqueueOutcome::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, "c0", now), 3),
+            EnqueueOutcome::Queued
+        );
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce, "d1", now), 3),
             EnqueueOutcome::QueuedDroppedOldestQos0
@@ -303,8 +323,14 @@ mod tests {
             s.enqueue(delivery(QoS::AtLeastOnce, "e1", now), 3),
             EnqueueOutcome::QueuedDroppedOldestQos0
         );
-        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce, "f0", now), 3), EnqueueOutcome::Dropped);
-        let sent: Vec<String> = payloads(&mut s, 10, now).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, "f0", now), 3),
+            EnqueueOutcome::Dropped
+        );
+        let sent: Vec<String> = payloads(&mut s, 10, now)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
         assert_eq!(sent, ["b1", "d1", "e1"]);
     }
 
@@ -336,12 +362,20 @@ mod tests {
         assert_eq!(sent.len(), 2);
         assert_eq!(s.on_pubcomp(1), Err(AckError::UnknownPacketId));
         assert_eq!(s.on_pubrec(1, true), Ok(()));
-        assert_eq!(s.on_pubrec(1, true), Ok(()), "repeated PUBREC is answered again");
+        assert_eq!(
+            s.on_pubrec(1, true),
+            Ok(()),
+            "repeated PUBREC is answered again"
+        );
         let resend = s.resend_on_resume();
         assert!(matches!(resend[0], Resend::PubRel(1)));
         assert!(matches!(&resend[1], Resend::Publish(2, d) if &d.message.payload[..] == b"y"));
         assert_eq!(s.on_pubcomp(1), Ok(()));
-        assert_eq!(s.on_puback(2), Err(AckError::UnknownPacketId), "QoS 2 is not PUBACKed");
+        assert_eq!(
+            s.on_puback(2),
+            Err(AckError::UnknownPacketId),
+            "QoS 2 is not PUBACKed"
+        );
         assert_eq!(s.on_pubrec(2, false), Ok(()));
         assert_eq!(s.inflight_len(), 0);
     }
@@ -361,7 +395,10 @@ mod tests {
     fn expired_messages_are_skipped() {
         let now = Instant::now();
         let mut s = Session::new(Arc::from("c"), 0);
-        let props = PublishProperties { message_expiry_interval: Some(1), ..Default::default() };
+        let props = PublishProperties {
+            message_expiry_interval: Some(1),
+            ..Default::default()
+        };
         let m = Message::from_publish(
             Arc::from("t"),
             Bytes::from_static(b"old"),
@@ -371,11 +408,21 @@ mod tests {
             props,
             now,
         );
-        s.enqueue(Delivery { message: Arc::new(m), qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![] }, 10);
+        s.enqueue(
+            Delivery {
+                message: Arc::new(m),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![],
+            },
+            10,
+        );
         s.enqueue(delivery(QoS::AtLeastOnce, "fresh", now), 10);
         let mut expired = 0;
         let later = now + Duration::from_secs(2);
-        let (_, d) = s.next_to_send(10, later, &mut expired).expect("fresh message");
+        let (_, d) = s
+            .next_to_send(10, later, &mut expired)
+            .expect("fresh message");
         assert_eq!(&d.message.payload[..], b"fresh");
         assert_eq!(expired, 1);
     }
@@ -388,7 +435,10 @@ mod tests {
         for p in ["a", "b"] {
             s.enqueue(delivery(QoS::AtLeastOnce, p, now), 10);
         }
-        let ids: Vec<u16> = payloads(&mut s, 10, now).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<u16> = payloads(&mut s, 10, now)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(ids, [u16::MAX, 1]);
     }
 }

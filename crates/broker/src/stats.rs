@@ -23,8 +23,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] =
-        [Self::QueueFull, Self::Expired, Self::Acl, Self::TooLarge, Self::NoSubscriber];
+    pub const ALL: [DropReason; 5] = [
+        Self::QueueFull,
+        Self::Expired,
+        Self::Acl,
+        Self::TooLarge,
+        Self::NoSubscriber,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -85,10 +90,16 @@ impl Stats {
     }
 
     pub fn received_total(&self) -> u64 {
-        self.messages_received.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.messages_received
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn sent_total(&self) -> u64 {
-        self.messages_sent.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.messages_sent
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }

@@ -22,7 +22,9 @@ pub(crate) async fn publish_periodically(broker: Weak<Broker>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Some(broker) = broker.upgrade() else { return };
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
         if broker.is_shutting_down() {
             return;
         }
@@ -37,23 +39,56 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
     let connected = s.connections_current.load(Ordering::Relaxed).max(0);
     let offline = s.sessions_offline.load(Ordering::Relaxed).max(0);
     vec![
-        ("$SYS/broker/version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
-        ("$SYS/broker/uptime", format!("{} seconds", broker.started_at.elapsed().as_secs())),
+        (
+            "$SYS/broker/version",
+            format!("tern {}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "$SYS/broker/uptime",
+            format!("{} seconds", broker.started_at.elapsed().as_secs()),
+        ),
         ("$SYS/broker/clients/connected", connected.to_string()),
         ("$SYS/broker/clients/disconnected", offline.to_string()),
-        ("$SYS/broker/clients/total", (connected + offline).to_string()),
+        (
+            "$SYS/broker/clients/total",
+            (connected + offline).to_string(),
+        ),
         ("$SYS/broker/clients/maximum", load(&s.connections_total)),
-        ("$SYS/broker/messages/received", s.received_total().to_string()),
+        (
+            "$SYS/broker/messages/received",
+            s.received_total().to_string(),
+        ),
         ("$SYS/broker/messages/sent", s.sent_total().to_string()),
-        ("$SYS/broker/messages/dropped", s.dropped_total().to_string()),
-        ("$SYS/broker/messages/dropped/queue_full", s.dropped(DropReason::QueueFull).to_string()),
-        ("$SYS/broker/publish/messages/received", s.received_total().to_string()),
-        ("$SYS/broker/publish/messages/sent", s.sent_total().to_string()),
+        (
+            "$SYS/broker/messages/dropped",
+            s.dropped_total().to_string(),
+        ),
+        (
+            "$SYS/broker/messages/dropped/queue_full",
+            s.dropped(DropReason::QueueFull).to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/received",
+            s.received_total().to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/sent",
+            s.sent_total().to_string(),
+        ),
         ("$SYS/broker/bytes/received", load(&s.bytes_received)),
         ("$SYS/broker/bytes/sent", load(&s.bytes_sent)),
-        ("$SYS/broker/subscriptions/count", s.subscriptions.load(Ordering::Relaxed).max(0).to_string()),
-        ("$SYS/broker/retained messages/count", broker.retained_count().to_string()),
-        ("$SYS/broker/packets/malformed", s.malformed().values().sum::<u64>().to_string()),
+        (
+            "$SYS/broker/subscriptions/count",
+            s.subscriptions.load(Ordering::Relaxed).max(0).to_string(),
+        ),
+        (
+            "$SYS/broker/retained messages/count",
+            broker.retained_count().to_string(),
+        ),
+        (
+            "$SYS/broker/packets/malformed",
+            s.malformed().values().sum::<u64>().to_string(),
+        ),
     ]
 }
 

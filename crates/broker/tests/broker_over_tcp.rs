@@ -33,10 +33,23 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr, version: ProtocolVersion, id: &str, clean: bool, expiry: Option<u32>) -> (Self, ConnAck) {
+    async fn connect(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        id: &str,
+        clean: bool,
+        expiry: Option<u32>,
+    ) -> (Self, ConnAck) {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let mut c = Client { stream, buf: BytesMut::new(), version };
-        let properties = ConnectProperties { session_expiry_interval: expiry, ..Default::default() };
+        let mut c = Client {
+            stream,
+            buf: BytesMut::new(),
+            version,
+        };
+        let properties = ConnectProperties {
+            session_expiry_interval: expiry,
+            ..Default::default()
+        };
         c.send(Packet::Connect(Connect {
             protocol: version,
             clean_start: clean,
@@ -64,7 +77,9 @@ impl Client {
     async fn recv(&mut self) -> Option<Packet> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(p) = decode(&mut self.buf, Some(self.version), 1 << 20).expect("valid packet") {
+            if let Some(p) =
+                decode(&mut self.buf, Some(self.version), 1 << 20).expect("valid packet")
+            {
                 return Some(p);
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
@@ -75,10 +90,16 @@ impl Client {
     }
 
     async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubAck {
-        let options = SubscriptionOptions { qos, ..Default::default() };
+        let options = SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
         self.send(Packet::Subscribe(Subscribe {
             packet_id: 1,
-            filters: vec![SubscribeFilter { filter: filter.into(), options }],
+            filters: vec![SubscribeFilter {
+                filter: filter.into(),
+                options,
+            }],
             properties: Default::default(),
         }))
         .await;
@@ -107,7 +128,10 @@ async fn qos1_roundtrip_and_offline_queue() {
     let (broker, addr) = start(BrokerConfig::default()).await;
     let (mut sub, ack) = Client::connect(addr, ProtocolVersion::V5, "sub", true, Some(60)).await;
     assert!(!ack.session_present);
-    assert_eq!(sub.subscribe("a/+", QoS::AtLeastOnce).await.reasons, vec![ReasonCode(1)]);
+    assert_eq!(
+        sub.subscribe("a/+", QoS::AtLeastOnce).await.reasons,
+        vec![ReasonCode(1)]
+    );
     let (mut publ, _) = Client::connect(addr, ProtocolVersion::V311, "pub", true, None).await;
     publ.publish("a/b", b"one", QoS::AtLeastOnce, 7).await;
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(r)) if r.packet_id == 7));
@@ -115,7 +139,8 @@ async fn qos1_roundtrip_and_offline_queue() {
         Some(Packet::Publish(p)) => {
             assert_eq!(&p.payload[..], b"one");
             assert_eq!(p.qos, QoS::AtLeastOnce);
-            sub.send(Packet::PubAck(PubResponse::new(p.packet_id))).await;
+            sub.send(Packet::PubAck(PubResponse::new(p.packet_id)))
+                .await;
         }
         other => panic!("expected PUBLISH, got {other:?}"),
     }
@@ -123,7 +148,8 @@ async fn qos1_roundtrip_and_offline_queue() {
     sub.send(Packet::Disconnect(Disconnect::default())).await;
     assert!(sub.recv().await.is_none());
     for i in 0..10u16 {
-        publ.publish("a/c", b"queued", QoS::AtLeastOnce, 100 + i).await;
+        publ.publish("a/c", b"queued", QoS::AtLeastOnce, 100 + i)
+            .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
     }
     let (mut sub, ack) = Client::connect(addr, ProtocolVersion::V5, "sub", false, Some(60)).await;
@@ -132,14 +158,17 @@ async fn qos1_roundtrip_and_offline_queue() {
         match sub.recv().await {
             Some(Packet::Publish(p)) => {
                 assert_eq!(&p.payload[..], b"queued");
-                sub.send(Packet::PubAck(PubResponse::new(p.packet_id))).await;
+                sub.send(Packet::PubAck(PubResponse::new(p.packet_id)))
+                    .await;
             }
             other => panic!("expected queued PUBLISH, got {other:?}"),
         }
     }
     assert!(broker.has_session("sub"));
     broker.shutdown(Duration::from_secs(2)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SERVER_SHUTTING_DOWN));
+    assert!(
+        matches!(sub.recv().await, Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SERVER_SHUTTING_DOWN)
+    );
 }
 
 #[tokio::test]
@@ -147,9 +176,15 @@ async fn takeover_disconnects_the_first_connection() {
     let (_broker, addr) = start(BrokerConfig::default()).await;
     let (mut first, _) = Client::connect(addr, ProtocolVersion::V5, "same", false, Some(60)).await;
     first.subscribe("t", QoS::AtLeastOnce).await;
-    let (mut second, ack) = Client::connect(addr, ProtocolVersion::V5, "same", false, Some(60)).await;
-    assert!(ack.session_present, "the session moved to the new connection");
-    assert!(matches!(first.recv().await, Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SESSION_TAKEN_OVER));
+    let (mut second, ack) =
+        Client::connect(addr, ProtocolVersion::V5, "same", false, Some(60)).await;
+    assert!(
+        ack.session_present,
+        "the session moved to the new connection"
+    );
+    assert!(
+        matches!(first.recv().await, Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SESSION_TAKEN_OVER)
+    );
     second.publish("t", b"x", QoS::AtLeastOnce, 1).await;
     let mut got = 0;
     while let Some(p) = second.recv().await {

@@ -17,7 +17,12 @@ const USAGE_ERROR: u8 = 2;
 const RUNTIME_ERROR: u8 = 1;
 
 #[derive(Debug, Parser)]
-#[command(name = "tern", version, about = "Tern: a clustered MQTT broker", arg_required_else_help = true)]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: a clustered MQTT broker",
+    arg_required_else_help = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -49,6 +54,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Load-test an MQTT broker (Tern or any other): fan-in, fan-out, pairs, shared.
+    Bench(tern_bench::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -119,16 +126,33 @@ where
             ExitCode::SUCCESS
         }
         Command::Passwd { password, username } => run_passwd(password, username.as_deref()),
-        Command::Config { command: ConfigCommand::Show { config } } => match load(&config, env) {
+        // The bench prints its own progress, summary and JSON; a failed run (QoS 1/2 loss,
+        // a client that died) exits 1.
+        Command::Bench(args) => match tern_bench::run_blocking(args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
+        Command::Config {
+            command: ConfigCommand::Show { config },
+        } => match load(&config, env) {
             Ok(config) => print_config(&config),
             Err(code) => code,
         },
-        Command::Serve { config, print_config: true } => match load(&config, env) {
+        Command::Serve {
+            config,
+            print_config: true,
+        } => match load(&config, env) {
             Ok(config) => print_config(&config),
             Err(code) => code,
         },
-        Command::Serve { config, print_config: false } => {
-            let rust_log = env.iter().find(|(name, _)| name == "RUST_LOG").map(|(_, value)| value.clone());
+        Command::Serve {
+            config,
+            print_config: false,
+        } => {
+            let rust_log = env
+                .iter()
+                .find(|(name, _)| name == "RUST_LOG")
+                .map(|(_, value)| value.clone());
             match load(&config, env) {
                 Ok(config) => serve(config, rust_log),
                 Err(code) => code,
@@ -170,7 +194,11 @@ fn serve(config: Config, rust_log: Option<String>) -> ExitCode {
         eprintln!("tern: {e}");
         return ExitCode::from(USAGE_ERROR);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tern-worker").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tern-worker")
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tern: cannot start the async runtime: {e}");
@@ -190,11 +218,21 @@ fn serve(config: Config, rust_log: Option<String>) -> ExitCode {
             Ok(node) => node,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
-                return ExitCode::from(if e.is_config_error() { USAGE_ERROR } else { RUNTIME_ERROR });
+                if !tracing::enabled!(tracing::Level::ERROR) {
+                    eprintln!("tern: cannot start: {e}");
+                }
+                return ExitCode::from(if e.is_config_error() {
+                    USAGE_ERROR
+                } else {
+                    RUNTIME_ERROR
+                });
             }
         };
         let signal = signals.recv().await;
-        tracing::info!(signal, "signal received; stopping gracefully (send it again to stop at once)");
+        tracing::info!(
+            signal,
+            "signal received; stopping gracefully (send it again to stop at once)"
+        );
         tokio::select! {
             _ = node.shutdown() => ExitCode::SUCCESS,
             signal = signals.recv() => {
@@ -220,7 +258,10 @@ mod tests {
     #[test]
     fn no_arguments_prints_help() {
         let err = Cli::try_parse_from(["tern"]).unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
     }
 
     #[test]
@@ -244,12 +285,25 @@ mod tests {
             "debug",
         ])
         .unwrap();
-        let Command::Serve { config, print_config } = cli.command else { panic!("not serve") };
+        let Command::Serve {
+            config,
+            print_config,
+        } = cli.command
+        else {
+            panic!("not serve")
+        };
         assert!(!print_config);
         let overrides = config.overrides();
         assert_eq!(overrides.config_file, Some(PathBuf::from("/etc/tern.toml")));
         assert_eq!(overrides.set, ["broker.maximum_qos=1", "log.format=json"]);
-        let loaded = config::load(&Overrides { config_file: None, ..overrides }, Vec::new()).unwrap();
+        let loaded = config::load(
+            &Overrides {
+                config_file: None,
+                ..overrides
+            },
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(loaded.broker.maximum_qos, 1);
         assert_eq!(loaded.mqtt.listen.to_string(), "127.0.0.1:1884");
         assert_eq!(loaded.http.listen.to_string(), "127.0.0.1:9091");
@@ -259,10 +313,23 @@ mod tests {
 
     #[test]
     fn config_show_and_print_config_parse() {
-        let cli = Cli::try_parse_from(["tern", "config", "show", "--set", "mqtt.max_connections=5"]).unwrap();
-        assert!(matches!(cli.command, Command::Config { command: ConfigCommand::Show { .. } }));
+        let cli =
+            Cli::try_parse_from(["tern", "config", "show", "--set", "mqtt.max_connections=5"])
+                .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Config {
+                command: ConfigCommand::Show { .. }
+            }
+        ));
         let cli = Cli::try_parse_from(["tern", "serve", "--print-config"]).unwrap();
-        assert!(matches!(cli.command, Command::Serve { print_config: true, .. }));
+        assert!(matches!(
+            cli.command,
+            Command::Serve {
+                print_config: true,
+                ..
+            }
+        ));
         assert!(Cli::try_parse_from(["tern", "config"]).is_err());
     }
 }

@@ -50,7 +50,12 @@ struct Response {
 
 impl Response {
     fn new(status: u16, body: &'static str) -> Self {
-        Self { status, body, allow: None, head_only: false }
+        Self {
+            status,
+            body,
+            allow: None,
+            head_only: false,
+        }
     }
 
     fn to_bytes(&self) -> Vec<u8> {
@@ -63,9 +68,9 @@ impl Response {
         if let Some(allow) = self.allow {
             out.push_str("Allow: ");
             out.push_str(allow);
-            out.push_str("\r");
+            out.push_str("\r\n");
         }
-        out.push_str("\r");
+        out.push_str("\r\n");
         if !self.head_only {
             out.push_str(self.body);
         }
@@ -155,8 +160,11 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Head
 
 /// Where the head ends (just past `\r\n\r\n`, or a bare `\n\n` from a lax client).
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r").map(|at| at + 4);
-    let lf = bytes.windows(2).position(|w| w == b"\n").map(|at| at + 2);
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|at| at + 2);
     match (crlf, lf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -187,20 +195,30 @@ fn with_method(method: &str, mut response: Response) -> Response {
             response
         }
         _ if response.status == 404 => response,
-        _ => Response { status: 405, body: "method not allowed", allow: Some("GET, HEAD"), head_only: false },
+        _ => Response {
+            status: 405,
+            body: "method not allowed",
+            allow: Some("GET, HEAD"),
+            head_only: false,
+        },
     }
 }
 
 /// Method and path (without query) of `METHOD SP TARGET SP HTTP/1.x`.
 fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     let line_end = head.iter().position(|&b| b == b'\n')?;
-    let line = std::str::from_utf8(&head[..line_end]).ok()?.trim_end_matches('\r');
+    let line = std::str::from_utf8(&head[..line_end])
+        .ok()?
+        .trim_end_matches('\r');
     let mut parts = line.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || !version.starts_with("HTTP/1.") {
         return None;
     }
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
+    if method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !target.starts_with('/')
+    {
         return None;
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
@@ -220,14 +238,19 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(answer(b"GET /healthz HTTP/1.1\r\n\r\n", false).status, 200);
-        assert_eq!(answer(b"GET /healthz?verbose=1 HTTP/1.0\r\n\r\n", false).body, "ok");
+        assert_eq!(
+            answer(b"GET /healthz?verbose=1 HTTP/1.0\r\n\r\n", false).body,
+            "ok"
+        );
         assert_eq!(answer(b"GET /readyz HTTP/1.1\r\n\r\n", true).status, 200);
         assert_eq!(answer(b"GET /readyz HTTP/1.1\r\n\r\n", false).status, 503);
         assert_eq!(answer(b"GET /metrics HTTP/1.1\r\n\r\n", true).status, 404);
         assert_eq!(answer(b"GET / HTTP/1.1\r\n\r\n", true).status, 404);
         let head = answer(b"HEAD /healthz HTTP/1.1\r\n\r\n", true);
         assert_eq!(head.status, 200);
-        assert!(String::from_utf8(head.to_bytes()).unwrap().ends_with("\r\n\r"));
+        assert!(String::from_utf8(head.to_bytes())
+            .unwrap()
+            .ends_with("\r\n\r\n"));
         let post = answer(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", true);
         assert_eq!((post.status, post.allow), (405, Some("GET, HEAD")));
     }
@@ -244,26 +267,36 @@ mod tests {
             b"\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
-            assert_eq!(answer(bad, true).status, 400, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                answer(bad, true).status,
+                400,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn head_end_is_found_across_reads() {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\n"), Some(16));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r"), None);
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n"), Some(16));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
     }
 
     #[tokio::test]
     async fn heads_are_read_in_pieces_and_limited() {
         let (mut client, mut server) = tokio::io::duplex(64);
         let reader = tokio::spawn(async move { read_head(&mut server).await });
-        for piece in [&b"GET /hea"[..], b"lthz HTTP/1.1\r", b"\nHost: x\r\n", b"\r\nrest"] {
+        for piece in [
+            &b"GET /hea"[..],
+            b"lthz HTTP/1.1\r",
+            b"\nHost: x\r\n",
+            b"\r\nrest",
+        ] {
             client.write_all(piece).await.unwrap();
         }
         let head = reader.await.unwrap().unwrap();
-        assert_eq!(head, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r");
+        assert_eq!(head, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
 
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         let reader = tokio::spawn(async move { read_head(&mut server).await });
@@ -280,7 +313,10 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         let health = Health::default();
         let serve = tokio::spawn(async move { serve_connection(server, &health).await });
-        client.write_all(b"GET /healthz HTTP/1.1\r").await.unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .unwrap();
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");

@@ -26,7 +26,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Binds a listening TCP socket with a generous backlog.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
@@ -85,7 +89,12 @@ pub(crate) struct AcceptLoop {
 impl AcceptLoop {
     /// Starts accepting on `listener`, calling `handler` for each connection (inside its
     /// own task) while fewer than `max_connections` are open. `name` labels log lines.
-    pub(crate) fn spawn<H, F>(name: &'static str, listener: TcpListener, max_connections: usize, handler: H) -> Self
+    pub(crate) fn spawn<H, F>(
+        name: &'static str,
+        listener: TcpListener,
+        max_connections: usize,
+        handler: H,
+    ) -> Self
     where
         H: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
@@ -94,14 +103,22 @@ impl AcceptLoop {
         let (closed_tx, closed_rx) = oneshot::channel();
         let stats = Arc::new(ListenerStats::default());
         let task = tokio::spawn(run(
-            Config { name, max_connections: max_connections.max(1) },
+            Config {
+                name,
+                max_connections: max_connections.max(1),
+            },
             listener,
             handler,
             phase_rx,
             closed_tx,
             stats.clone(),
         ));
-        Self { phase: phase_tx, closed: Some(closed_rx), task, stats }
+        Self {
+            phase: phase_tx,
+            closed: Some(closed_rx),
+            task,
+            stats,
+        }
     }
 
     pub(crate) fn stats(&self) -> &Arc<ListenerStats> {
@@ -171,6 +188,7 @@ async fn run<H, F>(
     let mut backoff = MIN_BACKOFF;
     let mut last_reject_log: Option<Instant> = None;
     let mut unlogged_rejects = 0u64;
+    let mut pause: Option<Duration> = None;
 
     loop {
         tokio::select! {
@@ -184,7 +202,7 @@ async fn run<H, F>(
                         drop(stream);
                         let total = stats.rejected.fetch_add(1, Ordering::Relaxed) + 1;
                         unlogged_rejects += 1;
-                        if last_reject_log.map_or(true, |at| at.elapsed() >= REJECT_LOG_INTERVAL) {
+                        if last_reject_log.is_none_or(|at| at.elapsed() >= REJECT_LOG_INTERVAL) {
                             tracing::warn!(
                                 listener = name,
                                 %peer,
@@ -213,24 +231,39 @@ async fn run<H, F>(
                 Err(error) => {
                     stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                     if is_per_connection(&error) {
-                        tracing::debug!(listener = name, %error, "accept failed for one connection");
+                        tracing::debug!(
+                            listener = name, %error,
+                            "accept failed for one connection"
+                        );
                         continue;
                     }
-                    tracing::error!(listener = name, %error, backoff_ms = backoff.as_millis() as u64, "accept failed; pausing before the next attempt");
-                    tokio::select! {
-                        biased;
-                        _ = phase.wait_for(|p| *p != Phase::Accepting) => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
+                    tracing::error!(
+                        listener = name,
+                        %error,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "accept failed; pausing before the next attempt"
+                    );
+                    pause = Some(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             },
+        }
+        if let Some(pause) = pause.take() {
+            tokio::select! {
+                biased;
+                _ = phase.wait_for(|p| *p != Phase::Accepting) => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
         }
     }
 
     drop(listener);
     let _ = closed.send(());
-    tracing::debug!(listener = name, open = connections.len(), "stopped accepting");
+    tracing::debug!(
+        listener = name,
+        open = connections.len(),
+        "stopped accepting"
+    );
 
     while !connections.is_empty() {
         tokio::select! {
@@ -240,7 +273,11 @@ async fn run<H, F>(
         }
     }
     if !connections.is_empty() {
-        tracing::debug!(listener = name, open = connections.len(), "aborting connections still open");
+        tracing::debug!(
+            listener = name,
+            open = connections.len(),
+            "aborting connections still open"
+        );
     }
     connections.shutdown().await;
 }
@@ -272,12 +309,9 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     /// A handler that keeps each connection open until the client closes it.
-    fn hold_open(stream: TcpStream, _peer: SocketAddr) -> impl Future<Output = ()> {
-        async move {
-            let mut stream = stream;
-            let mut buf = [0u8; 64];
-            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-        }
+    async fn hold_open(mut stream: TcpStream, _peer: SocketAddr) {
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
     }
 
     async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
@@ -292,7 +326,10 @@ mod tests {
 
     async fn is_closed_by_server(stream: &mut TcpStream) -> bool {
         let mut buf = [0u8; 1];
-        matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 
     #[tokio::test]
@@ -304,7 +341,10 @@ mod tests {
         let _b = TcpStream::connect(addr).await.unwrap();
         assert!(eventually(|| accept.stats().counts().active == 2).await);
         let mut c = TcpStream::connect(addr).await.unwrap();
-        assert!(is_closed_by_server(&mut c).await, "third connection should be closed");
+        assert!(
+            is_closed_by_server(&mut c).await,
+            "third connection should be closed"
+        );
         let counts = accept.stats().counts();
         assert_eq!((counts.accepted, counts.rejected, counts.active), (2, 1, 2));
         // A slot frees up when a connection ends.
@@ -322,8 +362,15 @@ mod tests {
         let mut open = TcpStream::connect(addr).await.unwrap();
         assert!(eventually(|| accept.stats().counts().active == 1).await);
         accept.stop_accepting().await;
-        assert!(TcpStream::connect(addr).await.is_err(), "listener should be closed");
-        assert_eq!(accept.stats().counts().active, 1, "open connection survives draining");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "listener should be closed"
+        );
+        assert_eq!(
+            accept.stats().counts().active,
+            1,
+            "open connection survives draining"
+        );
         accept.stop().await;
         assert!(is_closed_by_server(&mut open).await);
         assert_eq!(accept.stats().counts().active, 0);
@@ -346,9 +393,16 @@ mod tests {
     async fn a_panicking_connection_does_not_stop_the_loop() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        let accept = AcceptLoop::spawn("test", listener, 10, |_stream, _peer| async { panic!("handler bug") });
+        let accept = AcceptLoop::spawn("test", listener, 10, |_stream, _peer| async {
+            panic!("handler bug")
+        });
         let _a = TcpStream::connect(addr).await.unwrap();
-        assert!(eventually(|| accept.stats().counts().accepted == 1 && accept.stats().counts().active == 0).await);
+        assert!(
+            eventually(
+                || accept.stats().counts().accepted == 1 && accept.stats().counts().active == 0
+            )
+            .await
+        );
         let _b = TcpStream::connect(addr).await.unwrap();
         assert!(eventually(|| accept.stats().counts().accepted == 2).await);
     }

@@ -21,7 +21,11 @@ pub enum StartError {
     #[error("cannot create data directory {} (`node.data_dir`): {error}", path.display())]
     DataDir { path: PathBuf, error: io::Error },
     #[error("cannot listen on {addr} (`{key}`): {error}")]
-    Bind { key: &'static str, addr: SocketAddr, error: io::Error },
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        error: io::Error,
+    },
     #[error("{0}")]
     Broker(#[from] BrokerError),
 }
@@ -50,13 +54,25 @@ pub struct RunningNode {
 /// begins accepting connections.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let data_dir = config.node.data_dir.clone();
-    tokio::fs::create_dir_all(&data_dir).await.map_err(|error| StartError::DataDir { path: data_dir.clone(), error })?;
+    tokio::fs::create_dir_all(&data_dir)
+        .await
+        .map_err(|error| StartError::DataDir {
+            path: data_dir.clone(),
+            error,
+        })?;
 
-    let broker = Broker::new(config.broker.clone(), config.auth.clone(), tern_cluster::single_node())?;
+    let broker = Broker::new(
+        config.broker.clone(),
+        config.auth.clone(),
+        tern_cluster::single_node(),
+    )?;
 
     let bind = |key: &'static str, addr: SocketAddr| {
-        let listener = listener::bind(addr).map_err(|error| StartError::Bind { key, addr, error })?;
-        let local = listener.local_addr().map_err(|error| StartError::Bind { key, addr, error })?;
+        let listener =
+            listener::bind(addr).map_err(|error| StartError::Bind { key, addr, error })?;
+        let local = listener
+            .local_addr()
+            .map_err(|error| StartError::Bind { key, addr, error })?;
         Ok::<_, StartError>((listener, local))
     };
     let (mqtt_listener, mqtt_addr) = bind("mqtt.listen", config.mqtt.listen)?;
@@ -65,17 +81,27 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     broker.start_background_tasks();
 
     let serving = broker.clone();
-    let mqtt = AcceptLoop::spawn("mqtt", mqtt_listener, config.mqtt.max_connections, move |stream, peer| {
-        let broker = serving.clone();
-        async move { broker.serve_connection(stream, peer, "tcp").await }
-    });
+    let mqtt = AcceptLoop::spawn(
+        "mqtt",
+        mqtt_listener,
+        config.mqtt.max_connections,
+        move |stream, peer| {
+            let broker = serving.clone();
+            async move { broker.serve_connection(stream, peer, "tcp").await }
+        },
+    );
 
     let health = Arc::new(Health::default());
     let probes = health.clone();
-    let http = AcceptLoop::spawn("http", http_listener, http::MAX_CONNECTIONS, move |stream, _peer| {
-        let health = probes.clone();
-        async move { http::serve_connection(stream, &health).await }
-    });
+    let http = AcceptLoop::spawn(
+        "http",
+        http_listener,
+        http::MAX_CONNECTIONS,
+        move |stream, _peer| {
+            let health = probes.clone();
+            async move { http::serve_connection(stream, &health).await }
+        },
+    );
 
     // The MQTT socket is listening, so connections queue from now on; a single node
     // needs nothing else to be ready.
@@ -132,8 +158,16 @@ impl RunningNode {
         tracing::info!(grace_secs = self.grace.as_secs(), "shutting down");
         self.health.set_ready(false);
         self.mqtt.stop_accepting().await;
-        if tokio::time::timeout(self.grace + SHUTDOWN_SLACK, self.broker.shutdown(self.grace)).await.is_err() {
-            tracing::warn!("broker shutdown overran its deadline; closing the remaining connections");
+        if tokio::time::timeout(
+            self.grace + SHUTDOWN_SLACK,
+            self.broker.shutdown(self.grace),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                "broker shutdown overran its deadline; closing the remaining connections"
+            );
         }
         self.mqtt.stop().await;
         self.http.stop().await;
@@ -190,11 +224,18 @@ mod tests {
     }
 
     fn status(response: &str) -> u16 {
-        response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 
     fn body(response: &str) -> &str {
-        response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("")
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .unwrap_or("")
     }
 
     #[tokio::test]
@@ -212,21 +253,35 @@ mod tests {
         let ready = http(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
         assert_eq!((status(&ready), body(&ready)), (200, "ready"), "{ready}");
 
-        assert_eq!(status(&http(addr, b"GET /nope HTTP/1.1\r\n\r\n").await), 404);
-        assert_eq!(status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await), 404);
-        let post = http(addr, b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").await;
+        assert_eq!(
+            status(&http(addr, b"GET /nope HTTP/1.1\r\n\r\n").await),
+            404
+        );
+        assert_eq!(
+            status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await),
+            404
+        );
+        let post = http(
+            addr,
+            b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
         assert_eq!(status(&post), 405, "{post}");
         assert!(post.contains("Allow: GET, HEAD\r\n"));
         assert_eq!(status(&http(addr, b"NONSENSE\r\n\r\n").await), 400);
 
         let mut oversized = b"GET /healthz HTTP/1.1\r\n".to_vec();
         while oversized.len() <= http::MAX_HEAD {
-            oversized.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+            oversized
+                .extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
         oversized.extend_from_slice(b"\r\n");
         assert_eq!(status(&http(addr, &oversized).await), 431);
         // An endless head with no line breaks at all.
-        assert_eq!(status(&http(addr, &vec![b'A'; 3 * http::MAX_HEAD]).await), 431);
+        assert_eq!(
+            status(&http(addr, &vec![b'A'; 3 * http::MAX_HEAD]).await),
+            431
+        );
 
         // The MQTT port accepts TCP connections.
         TcpStream::connect(node.mqtt_addr()).await.unwrap();
@@ -241,8 +296,14 @@ mod tests {
         let node = start(test_config(dir.clone())).await.unwrap();
         let (mqtt, http_addr) = (node.mqtt_addr(), node.http_addr());
         node.shutdown().await;
-        assert!(TcpStream::connect(mqtt).await.is_err(), "mqtt port closed after shutdown");
-        assert!(TcpStream::connect(http_addr).await.is_err(), "http port closed after shutdown");
+        assert!(
+            TcpStream::connect(mqtt).await.is_err(),
+            "mqtt port closed after shutdown"
+        );
+        assert!(
+            TcpStream::connect(http_addr).await.is_err(),
+            "http port closed after shutdown"
+        );
 
         let node = start(test_config(dir.clone())).await.unwrap();
         let (mqtt, http_addr) = (node.mqtt_addr(), node.http_addr());
@@ -251,7 +312,9 @@ mod tests {
         // Aborted tasks drop their sockets on the runtime's next turn.
         let mut closed = false;
         for _ in 0..200 {
-            if TcpStream::connect(mqtt).await.is_err() && TcpStream::connect(http_addr).await.is_err() {
+            if TcpStream::connect(mqtt).await.is_err()
+                && TcpStream::connect(http_addr).await.is_err()
+            {
                 closed = true;
                 break;
             }
@@ -293,7 +356,10 @@ mod tests {
 
         let file = dir.join("a-file");
         std::fs::write(&file, b"").unwrap();
-        let err = start(test_config(file.join("sub"))).await.err().expect("data dir under a file");
+        let err = start(test_config(file.join("sub")))
+            .await
+            .err()
+            .expect("data dir under a file");
         assert!(err.to_string().contains("a-file"), "{err}");
         assert!(err.to_string().contains("node.data_dir"), "{err}");
         first.shutdown().await;

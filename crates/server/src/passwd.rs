@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn rendered_entry_is_valid_config() {
-        let text = render("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo", Some("ali\"ce"));
+        let text = render(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+            Some("ali\"ce"),
+        );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         assert_eq!(config.auth.users.len(), 1);
         assert_eq!(config.auth.users[0].username, "ali\"ce");

@@ -14,7 +14,10 @@ impl Signals {
     /// Installs the handlers; from now on these signals no longer kill the process at
     /// once. Call inside a tokio runtime.
     pub fn install() -> io::Result<Self> {
-        Ok(Self { terminate: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
 
     /// Waits for the next SIGTERM or SIGINT and returns its name.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use tern_broker::{AclAccess, AclDecision, AclRule, UserEntry};
+use tern_broker::{AclAccess, AclDecision, AclRule, Broker, UserEntry};
 use toml::Value;
 
 use super::{env_var_name, Config};
@@ -13,7 +13,10 @@ const SECTIONS: [&str; 6] = ["node", "mqtt", "http", "log", "broker", "auth"];
 /// A configuration with every optional part present, so that its keys are all the keys.
 fn full_config() -> Config {
     let mut config = Config::default();
-    config.auth.users.push(UserEntry { username: "u".into(), password_hash: "$argon2id$".into() });
+    config.auth.users.push(UserEntry {
+        username: "u".into(),
+        password_hash: "$argon2id$".into(),
+    });
     config.auth.acl.push(AclRule {
         username: Some("u".into()),
         client_id: Some("c".into()),
@@ -26,7 +29,13 @@ fn full_config() -> Config {
 
 /// Key paths, with `[]` for the elements of an array of tables: `auth.users[].username`.
 fn keys(prefix: &str, value: &Value, out: &mut BTreeSet<String>) {
-    let join = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
     match value {
         Value::Table(table) => {
             for (key, value) in table {
@@ -72,8 +81,11 @@ fn documented_keys() -> BTreeSet<String> {
         .into_iter()
         .flat_map(|line| line.split('`').skip(1).step_by(2))
         .filter(|word| {
-            word.split_once('.').is_some_and(|(section, _)| SECTIONS.contains(&section))
-                && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c))
+            word.split_once('.')
+                .is_some_and(|(section, _)| SECTIONS.contains(&section))
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c))
         })
         .map(str::to_string)
         .collect()
@@ -82,15 +94,27 @@ fn documented_keys() -> BTreeSet<String> {
 #[test]
 fn every_key_is_documented() {
     let documented = documented_keys();
-    let missing: Vec<_> = config_keys().into_iter().filter(|key| !documented.contains(key)).collect();
-    assert!(missing.is_empty(), "docs/configuration.md lacks these keys (in backticks): {missing:?}");
+    let missing: Vec<_> = config_keys()
+        .into_iter()
+        .filter(|key| !documented.contains(key))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md lacks these keys (in backticks): {missing:?}"
+    );
 }
 
 #[test]
 fn every_documented_key_exists() {
     let known = config_keys();
-    let stale: Vec<_> = documented_keys().into_iter().filter(|key| !known.contains(key)).collect();
-    assert!(stale.is_empty(), "docs/configuration.md names keys that do not exist: {stale:?}");
+    let stale: Vec<_> = documented_keys()
+        .into_iter()
+        .filter(|key| !known.contains(key))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/configuration.md names keys that do not exist: {stale:?}"
+    );
 }
 
 #[test]
@@ -101,17 +125,56 @@ fn every_top_level_key_shows_its_environment_variable() {
         .map(|key| env_var_name(&key))
         .filter(|var| !DOC.contains(&format!("`{var}`")))
         .collect();
-    assert!(missing.is_empty(), "docs/configuration.md lacks these variables: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md lacks these variables: {missing:?}"
+    );
 }
 
 #[test]
 fn documented_example_files_load() {
     // Every ```toml block in the doc must be a valid configuration.
+    let blocks = DOC.split("```toml\n").skip(1).count();
+    assert!(blocks >= 1, "the doc should show an example file");
     for (i, block) in DOC.split("```toml\n").skip(1).enumerate() {
         let text = block.split("```").next().unwrap_or("");
-        let config: Config = toml::from_str(text).unwrap_or_else(|e| panic!("toml example {i}: {e}\n{text}"));
+        let config: Config =
+            toml::from_str(text).unwrap_or_else(|e| panic!("toml example {i}: {e}\n{text}"));
         if let Err((key, reason)) = config.validate() {
             panic!("toml example {i}: invalid `{key}`: {reason}\n{text}");
         }
+        let built = Broker::new(config.broker, config.auth, tern_cluster::single_node());
+        if let Err(e) = built {
+            panic!("toml example {i}: {e}\n{text}");
+        }
     }
+}
+
+#[test]
+fn documented_environment_examples_load() {
+    // Every ```sh block made only of TERN_ variables must be a valid configuration.
+    let mut checked = 0;
+    for block in DOC.split("```sh\n").skip(1) {
+        let text = block.split("```").next().unwrap_or("");
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !lines.iter().all(|l| l.starts_with("TERN_")) {
+            continue;
+        }
+        let env = lines.iter().map(|line| {
+            let (name, value) = line.split_once('=').expect("NAME=value");
+            let value = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(value);
+            (name.to_string(), value.to_string())
+        });
+        if let Err(e) = super::load(&super::Overrides::default(), env) {
+            panic!("environment example: {e}\n{text}");
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "expected the doc's two environment examples, found {checked}"
+    );
 }

@@ -32,19 +32,34 @@ impl fmt::Display for Source {
 pub enum ConfigError {
     /// The config file could not be read (most often: it does not exist).
     #[error("cannot read config file {}: {error}", path.display())]
-    ReadFile { path: PathBuf, error: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// The config file is not valid TOML.
     #[error("config file {} is not valid TOML: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
     /// A key that no setting has.
     #[error("unknown key `{key}` (from {origin}): {detail}")]
-    UnknownKey { key: String, origin: Source, detail: String },
+    UnknownKey {
+        key: String,
+        origin: Source,
+        detail: String,
+    },
     /// A value of the wrong type or out of range for its key.
     #[error("bad value for `{key}` (from {origin}): {detail}")]
-    BadValue { key: String, origin: Source, detail: String },
+    BadValue {
+        key: String,
+        origin: Source,
+        detail: String,
+    },
     /// A value of the right type that breaks a rule (e.g. `broker.maximum_qos` above 2).
     #[error("invalid `{key}` (from {origin}): {reason}")]
-    Invalid { key: String, origin: Source, reason: String },
+    Invalid {
+        key: String,
+        origin: Source,
+        reason: String,
+    },
     /// A flag or variable that cannot be read as a key and value at all.
     #[error("{origin}: {reason}")]
     Malformed { origin: Source, reason: String },

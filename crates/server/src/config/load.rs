@@ -94,19 +94,63 @@ where
     let mut origins = BTreeMap::new();
     for mut entry in entries {
         check(&mut entry)?;
-        origins.insert(entry.path.join("."), entry.origin.clone());
+        record_origin(&mut origins, &entry);
         insert_at(&mut root, &entry.path, entry.value);
     }
 
-    let config: Config = Value::Table(root).try_into().map_err(|e: toml::de::Error| {
-        // Each entry passed on its own, so this is a combination of them.
-        ConfigError::Malformed { origin: Source::Default, reason: format!("the merged configuration: {}", e.message()) }
-    })?;
+    let config: Config = Value::Table(root)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            // Each entry passed on its own, so this is a combination of them.
+            ConfigError::Malformed {
+                origin: Source::Default,
+                reason: format!("the merged configuration: {}", e.message()),
+            }
+        })?;
     config.validate().map_err(|(key, reason)| {
         let origin = origin_of(&origins, &key);
-        ConfigError::Invalid { key, origin, reason }
+        ConfigError::Invalid {
+            key,
+            origin,
+            reason,
+        }
     })?;
+    // The broker checks the rest (password hashes parse, ACL topics are valid filters)
+    // when it is built; building one here catches those in `tern config show` too.
+    if let Err(e) = tern_broker::Broker::new(
+        config.broker.clone(),
+        config.auth.clone(),
+        tern_cluster::single_node(),
+    ) {
+        let (key, reason) = broker_error_key(&e);
+        let origin = origin_of(&origins, &key);
+        return Err(ConfigError::Invalid {
+            key,
+            origin,
+            reason,
+        });
+    }
     Ok(config)
+}
+
+/// The key a broker error is about: its message starts with the key
+/// (`auth.acl[2]: invalid topic ...`), else the whole section is named.
+fn broker_error_key(error: &tern_broker::BrokerError) -> (String, String) {
+    let (section, message) = match error {
+        tern_broker::BrokerError::Auth(message) => ("auth", message),
+        tern_broker::BrokerError::Config(message) => ("broker", message),
+    };
+    let lead = message.split([':', ' ']).next().unwrap_or("");
+    let is_key = lead.starts_with(&format!("{section}."))
+        && lead
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c));
+    if is_key {
+        let reason = message[lead.len()..].trim_start_matches(':').trim();
+        (lead.to_string(), reason.to_string())
+    } else {
+        (section.to_string(), message.clone())
+    }
 }
 
 /// Parses a value from the environment or `--set`: as a TOML value if it is one (number,
@@ -114,7 +158,9 @@ where
 pub fn parse_value(raw: &str) -> Value {
     match format!("v = {raw}").parse::<Table>() {
         // A second key would mean the text smuggled in more than one value.
-        Ok(mut table) if table.len() == 1 => table.remove("v").unwrap_or_else(|| Value::String(raw.to_string())),
+        Ok(mut table) if table.len() == 1 => table
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_string())),
         _ => Value::String(raw.to_string()),
     }
 }
@@ -132,24 +178,48 @@ pub fn env_key_path(name: &str) -> Option<Vec<String>> {
     if !rest.contains(ENV_SEPARATOR) {
         return None;
     }
-    Some(rest.split(ENV_SEPARATOR).map(str::to_ascii_lowercase).collect())
+    Some(
+        rest.split(ENV_SEPARATOR)
+            .map(str::to_ascii_lowercase)
+            .collect(),
+    )
 }
 
 /// The environment variable for a key path: `broker.max_packet_size` gives
 /// `TERN_BROKER__MAX_PACKET_SIZE`.
 pub fn env_var_name(key: &str) -> String {
-    format!("{ENV_PREFIX}{}", key.split('.').map(str::to_ascii_uppercase).collect::<Vec<_>>().join(ENV_SEPARATOR))
+    format!(
+        "{ENV_PREFIX}{}",
+        key.split('.')
+            .map(str::to_ascii_uppercase)
+            .collect::<Vec<_>>()
+            .join(ENV_SEPARATOR)
+    )
 }
 
 fn file_entries(path: PathBuf) -> Result<Vec<Entry>, ConfigError> {
-    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::ReadFile { path: path.clone(), error })?;
+    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::ReadFile {
+        path: path.clone(),
+        error,
+    })?;
     let table: Table = text
         .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.clone(), message: e.to_string().trim_end().to_string() })?;
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
     let mut leaves = Vec::new();
     flatten(&mut Vec::new(), table, &mut leaves);
     let origin = Source::File(path);
-    Ok(leaves.into_iter().map(|(path, value)| Entry { path, value, raw: None, origin: origin.clone() }).collect())
+    Ok(leaves
+        .into_iter()
+        .map(|(path, value)| Entry {
+            path,
+            value,
+            raw: None,
+            origin: origin.clone(),
+        })
+        .collect())
 }
 
 /// Splits a table into its leaves: every value that is not a table, and every empty table
@@ -170,33 +240,74 @@ fn flatten(prefix: &mut Vec<String>, table: Table, out: &mut Vec<(Vec<String>, V
 }
 
 fn env_entry(name: &str, raw: &str) -> Result<Option<Entry>, ConfigError> {
-    let Some(path) = env_key_path(name) else { return Ok(None) };
+    let Some(path) = env_key_path(name) else {
+        return Ok(None);
+    };
     let origin = Source::Env(name.to_string());
     if path.iter().any(String::is_empty) {
         return Err(ConfigError::Malformed {
             origin,
-            reason: "expected TERN_<SECTION>__<KEY>, with `__` between the levels of the key".to_string(),
+            reason: "expected TERN_<SECTION>__<KEY>, with `__` between the levels of the key"
+                .to_string(),
         });
     }
-    Ok(Some(Entry { path, value: parse_value(raw), raw: Some(raw.to_string()), origin }))
+    Ok(Some(Entry {
+        path,
+        value: parse_value(raw),
+        raw: Some(raw.to_string()),
+        origin,
+    }))
+}
+
+/// How a `--set` flag is shown in messages: in full, except for values under
+/// `auth.users` (password hashes, or a password pasted by mistake) and long values.
+fn flag_label(key: &str, raw: Option<&str>) -> String {
+    let key = key.trim();
+    match raw {
+        Some(raw)
+            if key != "auth" && !key.starts_with("auth.users") && raw.chars().count() <= 60 =>
+        {
+            format!("--set {key}={raw}")
+        }
+        Some(_) => format!("--set {key}=..."),
+        None if key.chars().count() <= 60 => format!("--set {key}"),
+        None => "--set ...".to_string(),
+    }
 }
 
 fn set_entry(arg: &str) -> Result<Entry, ConfigError> {
-    let origin = Source::Flag(format!("--set {arg}"));
     let Some((key, raw)) = arg.split_once('=') else {
-        return Err(ConfigError::Malformed { origin, reason: "expected --set key.path=value".to_string() });
+        return Err(ConfigError::Malformed {
+            origin: Source::Flag(flag_label(arg, None)),
+            reason: "expected --set key.path=value".to_string(),
+        });
     };
-    let path: Vec<String> = key.trim().split('.').map(|part| part.trim().to_string()).collect();
+    let path: Vec<String> = key
+        .trim()
+        .split('.')
+        .map(|part| part.trim().to_string())
+        .collect();
+    let origin = Source::Flag(flag_label(key, Some(raw)));
     if path.iter().any(String::is_empty) {
-        return Err(ConfigError::Malformed { origin, reason: format!("`{key}` is not a key path such as broker.maximum_qos") });
+        return Err(ConfigError::Malformed {
+            origin,
+            reason: format!("`{key}` is not a key path such as broker.maximum_qos"),
+        });
     }
-    Ok(Entry { path, value: parse_value(raw), raw: Some(raw.to_string()), origin })
+    Ok(Entry {
+        path,
+        value: parse_value(raw),
+        raw: Some(raw.to_string()),
+        origin,
+    })
 }
 
 /// Checks one entry against [`Config`] on its own; on failure, names the key precisely
 /// (down to the element of an array of tables) and the entry's source.
 fn check(entry: &mut Entry) -> Result<(), ConfigError> {
-    let Err(mut message) = probe(&entry.path, entry.value.clone()) else { return Ok(()) };
+    let Err(mut message) = probe(&entry.path, entry.value.clone()) else {
+        return Ok(());
+    };
     // `TERN_NODE__DATA_DIR=2026` parses as a number but is meant as a path.
     if let Some(raw) = &entry.raw {
         if !entry.value.is_str() && probe(&entry.path, Value::String(raw.clone())).is_ok() {
@@ -224,26 +335,48 @@ fn check(entry: &mut Entry) -> Result<(), ConfigError> {
             _ if key.contains('[') => format!("{key}.{field}"),
             _ => key,
         };
-        let detail = if detail.is_empty() { "no such setting".to_string() } else { detail.to_string() };
-        return Err(ConfigError::UnknownKey { key, origin, detail });
+        let detail = if detail.is_empty() {
+            "no such setting".to_string()
+        } else {
+            detail.to_string()
+        };
+        return Err(ConfigError::UnknownKey {
+            key,
+            origin,
+            detail,
+        });
     }
-    Err(ConfigError::BadValue { key, origin, detail: message })
+    if message.contains("socket address") {
+        message.push_str(" (expected IP:port, such as 0.0.0.0:1883 or [::]:1883)");
+    }
+    Err(ConfigError::BadValue {
+        key,
+        origin,
+        detail: message,
+    })
 }
 
 /// Deserializes a configuration holding only `value` at `path`.
 fn probe(path: &[String], value: Value) -> Result<(), String> {
     let mut root = Table::new();
     insert_at(&mut root, path, value);
-    Value::Table(root).try_into::<Config>().map(drop).map_err(|e| e.message().trim().to_string())
+    Value::Table(root)
+        .try_into::<Config>()
+        .map(drop)
+        .map_err(|e| e.message().trim().to_string())
 }
 
 /// Sets `path` in `root` to `value`, creating the tables on the way; a table merges into
 /// a table already there, anything else replaces what was there.
 fn insert_at(root: &mut Table, path: &[String], value: Value) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut table = root;
     for part in parents {
-        let slot = table.entry(part.clone()).or_insert_with(|| Value::Table(Table::new()));
+        let slot = table
+            .entry(part.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
         if !slot.is_table() {
             *slot = Value::Table(Table::new());
         }
@@ -264,10 +397,29 @@ fn insert_at(root: &mut Table, path: &[String], value: Value) {
     }
 }
 
+/// Remembers which source set each leaf (an inline table sets the leaves inside it).
+fn record_origin(origins: &mut BTreeMap<String, Source>, entry: &Entry) {
+    match &entry.value {
+        Value::Table(table) if !table.is_empty() => {
+            let mut leaves = Vec::new();
+            flatten(&mut entry.path.clone(), table.clone(), &mut leaves);
+            for (path, _) in leaves {
+                origins.insert(path.join("."), entry.origin.clone());
+            }
+        }
+        _ => {
+            origins.insert(entry.path.join("."), entry.origin.clone());
+        }
+    }
+}
+
 /// The source of the value at `key` (`auth.users[2].password_hash` looks up `auth.users`):
 /// the entry that set it or the nearest table above it; the defaults if none did.
 fn origin_of(origins: &BTreeMap<String, Source>, key: &str) -> Source {
-    let plain: Vec<&str> = key.split('.').map(|part| part.split('[').next().unwrap_or(part)).collect();
+    let plain: Vec<&str> = key
+        .split('.')
+        .map(|part| part.split('[').next().unwrap_or(part))
+        .collect();
     (1..=plain.len())
         .rev()
         .find_map(|len| origins.get(&plain[..len].join(".")))

@@ -44,7 +44,10 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data"), shutdown_grace_secs: 10 }
+        Self {
+            data_dir: PathBuf::from("./data"),
+            shutdown_grace_secs: 10,
+        }
     }
 }
 
@@ -60,7 +63,10 @@ pub struct MqttConfig {
 
 impl Default for MqttConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 1883)), max_connections: 100_000 }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_connections: 100_000,
+        }
     }
 }
 
@@ -73,7 +79,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9090)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
     }
 }
 
@@ -88,7 +96,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".to_string(), format: LogFormat::Text }
+        Self {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
     }
 }
 

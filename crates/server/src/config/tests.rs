@@ -5,11 +5,17 @@ use tern_broker::{AclAccess, AclDecision};
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn flags(set: &[&str]) -> Overrides {
-    Overrides { set: set.iter().map(|s| s.to_string()).collect(), ..Overrides::default() }
+    Overrides {
+        set: set.iter().map(|s| s.to_string()).collect(),
+        ..Overrides::default()
+    }
 }
 
 /// A config file with `text`, in a directory of its own; removed on drop.
@@ -20,7 +26,8 @@ impl TempFile {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("tern-config-test-{}-{n}.toml", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("tern-config-test-{}-{n}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         Self(path)
     }
@@ -30,7 +37,10 @@ impl TempFile {
     }
 
     fn overrides(&self) -> Overrides {
-        Overrides { config_file: Some(self.0.clone()), ..Overrides::default() }
+        Overrides {
+            config_file: Some(self.0.clone()),
+            ..Overrides::default()
+        }
     }
 }
 
@@ -41,7 +51,9 @@ impl Drop for TempFile {
 }
 
 fn load_err(overrides: &Overrides, env_pairs: &[(&str, &str)]) -> String {
-    load(overrides, env(env_pairs)).expect_err("config should be rejected").to_string()
+    load(overrides, env(env_pairs))
+        .expect_err("config should be rejected")
+        .to_string()
 }
 
 #[test]
@@ -53,7 +65,10 @@ fn nothing_given_means_the_embedded_defaults() {
     assert_eq!(config.mqtt.max_connections, 100_000);
     assert_eq!(config.node.data_dir, PathBuf::from("./data"));
     assert_eq!(config.node.shutdown_grace_secs, 10);
-    assert_eq!((config.log.level.as_str(), config.log.format), ("info", LogFormat::Text));
+    assert_eq!(
+        (config.log.level.as_str(), config.log.format),
+        ("info", LogFormat::Text)
+    );
     assert!(config.auth.allow_anonymous);
     assert!(config.validate().is_ok());
 }
@@ -75,7 +90,7 @@ fn file_values_override_defaults_and_keep_the_rest() {
 
         [[auth.users]]
         username = "alice"
-        password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+        password_hash = "$argon2id$v=19$m=19456,t=2,p=1$dCIaFypVigFWKw+gfclfHg$++5lufbbqXM7zdKtJfEXz/3XIuJXjpWm21cQ+suvrv4"
 
         [[auth.acl]]
         username = "alice"
@@ -94,7 +109,10 @@ fn file_values_override_defaults_and_keep_the_rest() {
     assert_eq!(config.mqtt.max_connections, 100_000);
     assert_eq!(config.broker.max_packet_size, 4096);
     assert_eq!(config.broker.maximum_qos, 1);
-    assert_eq!(config.broker.receive_maximum, BrokerConfig::default().receive_maximum);
+    assert_eq!(
+        config.broker.receive_maximum,
+        BrokerConfig::default().receive_maximum
+    );
     assert!(!config.auth.allow_anonymous);
     assert_eq!(config.auth.acl_default, AclDecision::Deny);
     assert_eq!(config.auth.users[0].username, "alice");
@@ -114,7 +132,10 @@ fn environment_variables_set_keys() {
             ("tern_log__format", "json"),
             ("Tern_Broker__Retain_Available", "false"),
             ("TERN_NODE__DATA_DIR", "/var/lib/tern"),
-            ("TERN_AUTH__ACL", r#"[{topic = "a/#", access = "publish", decision = "deny"}]"#),
+            (
+                "TERN_AUTH__ACL",
+                r#"[{topic = "a/#", access = "publish", decision = "deny"}]"#,
+            ),
             ("PATH", "/usr/bin"),
         ]),
     )
@@ -146,7 +167,10 @@ fn kubernetes_service_variables_are_not_config_keys() {
 fn text_that_looks_like_a_number_still_fits_a_string_key() {
     let config = load(
         &Overrides::default(),
-        env(&[("TERN_NODE__DATA_DIR", "2026"), ("TERN_BROKER__RESPONSE_INFORMATION", "true")]),
+        env(&[
+            ("TERN_NODE__DATA_DIR", "2026"),
+            ("TERN_BROKER__RESPONSE_INFORMATION", "true"),
+        ]),
     )
     .unwrap();
     assert_eq!(config.node.data_dir, PathBuf::from("2026"));
@@ -163,7 +187,7 @@ fn set_flags_reach_every_key() {
             "broker.max_inflight=7",
             "node.shutdown_grace_secs = 3",
             "broker.response_information=",
-            "auth.users=[{username = \"bob\", password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA\"}]",
+            "auth.users=[{username = \"bob\", password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$dCIaFypVigFWKw+gfclfHg$++5lufbbqXM7zdKtJfEXz/3XIuJXjpWm21cQ+suvrv4\"}]",
             "broker={max_keep_alive = 60}",
         ]),
         Vec::new(),
@@ -187,7 +211,10 @@ fn later_layers_win() {
         ("TERN_MQTT__LISTEN", "127.0.0.1:2"),
     ];
     let overrides = Overrides {
-        set: vec!["broker.max_keep_alive=300".into(), "mqtt.listen=127.0.0.1:3".into()],
+        set: vec![
+            "broker.max_keep_alive=300".into(),
+            "mqtt.listen=127.0.0.1:3".into(),
+        ],
         mqtt_listen: Some("127.0.0.1:4".into()),
         ..file.overrides()
     };
@@ -195,8 +222,15 @@ fn later_layers_win() {
     assert_eq!(config.broker.max_packet_size, 1000, "file beats default");
     assert_eq!(config.broker.max_inflight, 20, "env beats file");
     assert_eq!(config.broker.max_keep_alive, 300, "flag beats env");
-    assert_eq!(config.mqtt.listen.to_string(), "127.0.0.1:4", "convenience flag beats --set");
-    assert_eq!(config.broker.receive_maximum, 1024, "untouched keys keep their default");
+    assert_eq!(
+        config.mqtt.listen.to_string(),
+        "127.0.0.1:4",
+        "convenience flag beats --set"
+    );
+    assert_eq!(
+        config.broker.receive_maximum, 1024,
+        "untouched keys keep their default"
+    );
 }
 
 #[test]
@@ -207,15 +241,24 @@ fn config_file_comes_from_flag_or_tern_config() {
     let config = load(&Overrides::default(), env(&[("TERN_CONFIG", tern_config)])).unwrap();
     assert_eq!(config.mqtt.max_connections, 11);
     let config = load(&by_flag.overrides(), env(&[("TERN_CONFIG", tern_config)])).unwrap();
-    assert_eq!(config.mqtt.max_connections, 22, "--config wins over TERN_CONFIG");
+    assert_eq!(
+        config.mqtt.max_connections, 22,
+        "--config wins over TERN_CONFIG"
+    );
 }
 
 #[test]
 fn missing_file_names_its_path() {
-    let overrides = Overrides { config_file: Some("/nonexistent/tern.toml".into()), ..Overrides::default() };
+    let overrides = Overrides {
+        config_file: Some("/nonexistent/tern.toml".into()),
+        ..Overrides::default()
+    };
     let err = load_err(&overrides, &[]);
     assert!(err.contains("/nonexistent/tern.toml"), "{err}");
-    let err = load_err(&Overrides::default(), &[("TERN_CONFIG", "/nonexistent/env.toml")]);
+    let err = load_err(
+        &Overrides::default(),
+        &[("TERN_CONFIG", "/nonexistent/env.toml")],
+    );
     assert!(err.contains("/nonexistent/env.toml"), "{err}");
 }
 
@@ -231,9 +274,18 @@ fn invalid_toml_names_the_file_and_line() {
 fn unknown_keys_are_named_with_their_source() {
     let file = TempFile::new("[broker]\nmax_pakcet_size = 3\n");
     let err = load_err(&file.overrides(), &[]);
-    assert!(err.contains("unknown key `broker.max_pakcet_size`"), "{err}");
-    assert!(err.contains(&format!("config file {}", file.path().display())), "{err}");
-    assert!(err.contains("max_packet_size"), "should list the valid keys: {err}");
+    assert!(
+        err.contains("unknown key `broker.max_pakcet_size`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("config file {}", file.path().display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("max_packet_size"),
+        "should list the valid keys: {err}"
+    );
 
     let file = TempFile::new("[brokr]\nmaximum_qos = 1\n");
     let err = load_err(&file.overrides(), &[]);
@@ -244,48 +296,85 @@ fn unknown_keys_are_named_with_their_source() {
 
     let err = load_err(&Overrides::default(), &[("TERN_MQTT__LISTN", "x")]);
     assert!(err.contains("unknown key `mqtt.listn`"), "{err}");
-    assert!(err.contains("environment variable TERN_MQTT__LISTN"), "{err}");
+    assert!(
+        err.contains("environment variable TERN_MQTT__LISTN"),
+        "{err}"
+    );
 
     let err = load_err(&flags(&["node.data=1"]), &[]);
     assert!(err.contains("unknown key `node.data`"), "{err}");
     assert!(err.contains("flag --set node.data=1"), "{err}");
 
-    let err = load_err(&flags(&["auth.acl=[{topic = \"a\", access = \"all\", decision = \"allow\", user = \"x\"}]"]), &[]);
+    let err = load_err(
+        &flags(&[
+            "auth.acl=[{topic = \"a\", access = \"all\", decision = \"allow\", user = \"x\"}]",
+        ]),
+        &[],
+    );
     assert!(err.contains("unknown key `auth.acl[0].user`"), "{err}");
 }
 
 #[test]
 fn bad_values_name_key_expected_type_and_source() {
-    let err = load_err(&Overrides::default(), &[("TERN_BROKER__MAX_PACKET_SIZE", "big")]);
+    let err = load_err(
+        &Overrides::default(),
+        &[("TERN_BROKER__MAX_PACKET_SIZE", "big")],
+    );
     assert!(err.contains("`broker.max_packet_size`"), "{err}");
     assert!(err.contains("u32"), "should name the expected type: {err}");
-    assert!(err.contains("environment variable TERN_BROKER__MAX_PACKET_SIZE"), "{err}");
+    assert!(
+        err.contains("environment variable TERN_BROKER__MAX_PACKET_SIZE"),
+        "{err}"
+    );
 
     let file = TempFile::new("[broker]\nmax_keep_alive = 70000\n");
     let err = load_err(&file.overrides(), &[]);
-    assert!(err.contains("`broker.max_keep_alive`") && err.contains("u16"), "{err}");
+    assert!(
+        err.contains("`broker.max_keep_alive`") && err.contains("u16"),
+        "{err}"
+    );
     assert!(err.contains("config file"), "{err}");
 
     let err = load_err(&flags(&["log.format=xml"]), &[]);
-    assert!(err.contains("`log.format`") && err.contains("text") && err.contains("json"), "{err}");
+    assert!(
+        err.contains("`log.format`") && err.contains("text") && err.contains("json"),
+        "{err}"
+    );
 
-    let err = load_err(&Overrides { mqtt_listen: Some("localhost".into()), ..Overrides::default() }, &[]);
-    assert!(err.contains("`mqtt.listen`") && err.contains("flag --mqtt-listen localhost"), "{err}");
+    let err = load_err(
+        &Overrides {
+            mqtt_listen: Some("localhost".into()),
+            ..Overrides::default()
+        },
+        &[],
+    );
+    assert!(
+        err.contains("`mqtt.listen`") && err.contains("flag --mqtt-listen localhost"),
+        "{err}"
+    );
 
     let err = load_err(&flags(&["auth.allow_anonymous=maybe"]), &[]);
-    assert!(err.contains("`auth.allow_anonymous`") && err.contains("bool"), "{err}");
+    assert!(
+        err.contains("`auth.allow_anonymous`") && err.contains("bool"),
+        "{err}"
+    );
 
     let file = TempFile::new(
-        "[[auth.users]]\nusername = \"a\"\npassword_hash = \"$argon2id$xxxxxxxxxxxxxxxx\"\n[[auth.users]]\nusername = \"b\"\n",
+        "[[auth.users]]\nusername = \"a\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$dCIaFypVigFWKw+gfclfHg$++5lufbbqXM7zdKtJfEXz/3XIuJXjpWm21cQ+suvrv4\"\n[[auth.users]]\nusername = \"b\"\n",
     );
     let err = load_err(&file.overrides(), &[]);
-    assert!(err.contains("`auth.users[1]`") && err.contains("password_hash"), "{err}");
+    assert!(
+        err.contains("`auth.users[1]`") && err.contains("password_hash"),
+        "{err}"
+    );
 }
 
 #[test]
 fn malformed_flags_and_variables_are_rejected() {
     assert!(load_err(&flags(&["broker.maximum_qos"]), &[]).contains("key.path=value"));
-    assert!(load_err(&flags(&["broker..maximum_qos=1"]), &[]).contains("--set broker..maximum_qos=1"));
+    assert!(
+        load_err(&flags(&["broker..maximum_qos=1"]), &[]).contains("--set broker..maximum_qos=1")
+    );
     assert!(load_err(&Overrides::default(), &[("TERN_BROKER__", "1")]).contains("TERN_BROKER__"));
 }
 
@@ -297,7 +386,10 @@ fn semantic_rules_name_the_key_and_source() {
         ("broker.max_inflight=0", "broker.max_inflight"),
         ("broker.max_packet_size=15", "broker.max_packet_size"),
         ("broker.max_client_id_len=8", "broker.max_client_id_len"),
-        ("broker.connect_timeout_secs=0", "broker.connect_timeout_secs"),
+        (
+            "broker.connect_timeout_secs=0",
+            "broker.connect_timeout_secs",
+        ),
         ("mqtt.max_connections=0", "mqtt.max_connections"),
         ("node.data_dir=\"\"", "node.data_dir"),
         ("log.level=\"=[\"", "log.level"),
@@ -306,17 +398,30 @@ fn semantic_rules_name_the_key_and_source() {
         assert!(err.contains(&format!("invalid `{key}`")), "{flag}: {err}");
         assert!(err.contains(&format!("flag --set {flag}")), "{flag}: {err}");
     }
-    assert!(load(&flags(&["broker.max_packet_size=16", "broker.maximum_qos=0"]), Vec::new()).is_ok());
+    assert!(load(
+        &flags(&["broker.max_packet_size=16", "broker.maximum_qos=0"]),
+        Vec::new()
+    )
+    .is_ok());
 
     let file = TempFile::new("[broker]\nmaximum_qos = 5\n");
     let err = load_err(&file.overrides(), &[]);
-    assert!(err.contains("invalid `broker.maximum_qos`") && err.contains("config file"), "{err}");
+    assert!(
+        err.contains("invalid `broker.maximum_qos`") && err.contains("config file"),
+        "{err}"
+    );
 
-    let err = load_err(&flags(&["auth.users=[{username = \"a\", password_hash = \"hunter2\"}]"]), &[]);
-    assert!(err.contains("invalid `auth.users[0].password_hash`") && err.contains("tern passwd"), "{err}");
+    let err = load_err(
+        &flags(&["auth.users=[{username = \"a\", password_hash = \"hunter2\"}]"]),
+        &[],
+    );
+    assert!(
+        err.contains("invalid `auth.users[0].password_hash`") && err.contains("tern passwd"),
+        "{err}"
+    );
     assert!(err.contains("flag --set auth.users="), "{err}");
 
-    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$dCIaFypVigFWKw+gfclfHg$++5lufbbqXM7zdKtJfEXz/3XIuJXjpWm21cQ+suvrv4";
     let twice = format!("auth.users=[{{username=\"a\", password_hash=\"{hash}\"}}, {{username=\"a\", password_hash=\"{hash}\"}}]");
     let err = load_err(&flags(&[&twice]), &[]);
     assert!(err.contains("invalid `auth.users[1].username`"), "{err}");
@@ -326,7 +431,7 @@ fn semantic_rules_name_the_key_and_source() {
 fn printed_config_loads_back_identically() {
     let mut config = load(
         &flags(&[
-            "auth.users=[{username = \"bob\", password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA\"}]",
+            "auth.users=[{username = \"bob\", password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$dCIaFypVigFWKw+gfclfHg$++5lufbbqXM7zdKtJfEXz/3XIuJXjpWm21cQ+suvrv4\"}]",
             "auth.acl=[{username = \"bob\", topic = \"%u/#\", access = \"all\", decision = \"allow\"}, {client_id = \"c1\", topic = \"x\", access = \"publish\", decision = \"deny\"}]",
             "log.format=json",
         ]),
@@ -336,28 +441,107 @@ fn printed_config_loads_back_identically() {
     config.mqtt.listen = "[::1]:1883".parse().unwrap();
     let text = config.to_toml();
     let file = TempFile::new(&text);
-    assert_eq!(load(&file.overrides(), Vec::new()).unwrap(), config, "{text}");
-    assert_eq!(toml::from_str::<Config>(&Config::default().to_toml()).unwrap(), Config::default());
+    assert_eq!(
+        load(&file.overrides(), Vec::new()).unwrap(),
+        config,
+        "{text}"
+    );
+    assert_eq!(
+        toml::from_str::<Config>(&Config::default().to_toml()).unwrap(),
+        Config::default()
+    );
 }
 
 #[test]
 fn values_parse_as_toml_or_stay_strings() {
     assert_eq!(parse_value("42"), toml::Value::Integer(42));
     assert_eq!(parse_value("true"), toml::Value::Boolean(true));
-    assert_eq!(parse_value("[1, 2]"), toml::Value::Array(vec![1.into(), 2.into()]));
-    assert_eq!(parse_value("\"quoted\""), toml::Value::String("quoted".into()));
-    assert_eq!(parse_value("0.0.0.0:1883"), toml::Value::String("0.0.0.0:1883".into()));
-    assert_eq!(parse_value("info,tern=debug"), toml::Value::String("info,tern=debug".into()));
-    assert_eq!(parse_value("1\nother = 2"), toml::Value::String("1\nother = 2".into()));
+    assert_eq!(
+        parse_value("[1, 2]"),
+        toml::Value::Array(vec![1.into(), 2.into()])
+    );
+    assert_eq!(
+        parse_value("\"quoted\""),
+        toml::Value::String("quoted".into())
+    );
+    assert_eq!(
+        parse_value("0.0.0.0:1883"),
+        toml::Value::String("0.0.0.0:1883".into())
+    );
+    assert_eq!(
+        parse_value("info,tern=debug"),
+        toml::Value::String("info,tern=debug".into())
+    );
+    assert_eq!(
+        parse_value("1\nother = 2"),
+        toml::Value::String("1\nother = 2".into())
+    );
     assert_eq!(parse_value(""), toml::Value::String(String::new()));
 }
 
 #[test]
 fn env_names_map_to_key_paths_and_back() {
-    assert_eq!(env_key_path("TERN_BROKER__MAX_PACKET_SIZE").unwrap(), ["broker", "max_packet_size"]);
+    assert_eq!(
+        env_key_path("TERN_BROKER__MAX_PACKET_SIZE").unwrap(),
+        ["broker", "max_packet_size"]
+    );
     assert_eq!(env_key_path("tern_log__level").unwrap(), ["log", "level"]);
     assert_eq!(env_key_path("TERN_CONFIG"), None);
     assert_eq!(env_key_path("TERNX__A"), None);
     assert_eq!(env_key_path("OTHER__A"), None);
-    assert_eq!(env_var_name("broker.max_packet_size"), "TERN_BROKER__MAX_PACKET_SIZE");
+    assert_eq!(
+        env_var_name("broker.max_packet_size"),
+        "TERN_BROKER__MAX_PACKET_SIZE"
+    );
+}
+
+#[test]
+fn the_broker_checks_hashes_and_acl_topics_at_load_time() {
+    let err = load_err(
+        &flags(&[
+            "auth.users=[{username = \"a\", password_hash = \"$argon2id$not-really-a-hash\"}]",
+        ]),
+        &[],
+    );
+    assert!(err.contains("invalid `auth.users`"), "{err}");
+    assert!(err.contains("flag --set auth.users="), "{err}");
+    assert!(
+        !err.contains("not-really-a-hash"),
+        "hashes stay out of messages: {err}"
+    );
+
+    let err = load_err(
+        &flags(&["auth.acl=[{topic = \"a/#/b\", access = \"all\", decision = \"deny\"}]"]),
+        &[],
+    );
+    assert!(err.contains("invalid `auth.acl[0]`"), "{err}");
+    assert!(err.contains("flag --set auth.acl="), "{err}");
+}
+
+#[test]
+fn errors_blame_the_layer_that_set_the_value_last() {
+    let file = TempFile::new("[broker]\nmaximum_qos = 1\n");
+    let overrides = Overrides {
+        set: vec!["broker={maximum_qos = 7}".into()],
+        ..file.overrides()
+    };
+    let err = load_err(&overrides, &[]);
+    assert!(
+        err.contains("invalid `broker.maximum_qos` (from flag --set broker="),
+        "{err}"
+    );
+
+    let err = load_err(&file.overrides(), &[("TERN_BROKER__RECEIVE_MAXIMUM", "0")]);
+    assert!(
+        err.contains("(from environment variable TERN_BROKER__RECEIVE_MAXIMUM)"),
+        "{err}"
+    );
+    let err = load_err(
+        &Overrides::default(),
+        &[("TERN_MQTT__MAX_CONNECTIONS", "0")],
+    );
+    assert!(
+        err.contains("(from environment variable TERN_MQTT__MAX_CONNECTIONS)"),
+        "{err}"
+    );
 }

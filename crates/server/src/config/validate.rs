@@ -19,10 +19,16 @@ fn fail(key: &str, reason: impl Into<String>) -> Result<(), Failure> {
 pub(super) fn validate(config: &Config) -> Result<(), Failure> {
     let broker = &config.broker;
     if broker.maximum_qos > 2 {
-        return fail("broker.maximum_qos", format!("{} is not a QoS level; use 0, 1 or 2", broker.maximum_qos));
+        return fail(
+            "broker.maximum_qos",
+            format!("{} is not a QoS level; use 0, 1 or 2", broker.maximum_qos),
+        );
     }
     if broker.receive_maximum == 0 {
-        return fail("broker.receive_maximum", "must be at least 1 (MQTT forbids 0)");
+        return fail(
+            "broker.receive_maximum",
+            "must be at least 1 (MQTT forbids 0)",
+        );
     }
     if broker.max_inflight == 0 {
         return fail("broker.max_inflight", "must be at least 1");
@@ -30,7 +36,10 @@ pub(super) fn validate(config: &Config) -> Result<(), Failure> {
     if broker.max_packet_size < MIN_PACKET_SIZE {
         return fail(
             "broker.max_packet_size",
-            format!("{} bytes is too small for any CONNECT; use at least {MIN_PACKET_SIZE}", broker.max_packet_size),
+            format!(
+                "{} bytes is too small for any CONNECT; use at least {MIN_PACKET_SIZE}",
+                broker.max_packet_size
+            ),
         );
     }
     if broker.max_client_id_len < MIN_CLIENT_ID_LEN {
@@ -50,7 +59,13 @@ pub(super) fn validate(config: &Config) -> Result<(), Failure> {
         return fail("node.data_dir", "must not be empty");
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
-        return fail("log.level", format!("`{}` is not a log filter ({e}); try `info` or `info,tern_broker=debug`", config.log.level));
+        return fail(
+            "log.level",
+            format!(
+                "`{}` is not a log filter ({e}); try `info` or `info,tern_broker=debug`",
+                config.log.level
+            ),
+        );
     }
 
     let mut names = HashSet::new();
@@ -59,7 +74,10 @@ pub(super) fn validate(config: &Config) -> Result<(), Failure> {
             return fail(&format!("auth.users[{i}].username"), "must not be empty");
         }
         if !names.insert(user.username.as_str()) {
-            return fail(&format!("auth.users[{i}].username"), format!("user `{}` is listed twice", user.username));
+            return fail(
+                &format!("auth.users[{i}].username"),
+                format!("user `{}` is listed twice", user.username),
+            );
         }
         // A PHC string starts with `$<algorithm>$`; anything else is most likely a plain
         // password pasted by mistake, which must never be accepted.
