@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tern_codec::{
-    decode, decode_connect_version, encode, encoded_len, ConnAck, ConnAckProperties, Connect,
-    DecodeError, DecodeErrorKind, Disconnect, DisconnectProperties, Packet, ProtocolVersion,
-    PubResponse, Publish, PublishProperties, QoS, ReasonCode, ReasonProperties, RetainHandling,
-    SubAck, Subscribe, UnsubAck, Unsubscribe,
+    decode, decode_connect_version, encode, encode_publish, publish_encoded_len, ConnAck,
+    ConnAckProperties, Connect, DecodeError, DecodeErrorKind, Disconnect, DisconnectProperties,
+    Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, PublishRef, QoS, ReasonCode,
+    ReasonProperties, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -958,51 +958,63 @@ impl Connection {
     /// it is larger than the client's Maximum Packet Size (counted as dropped).
     fn send_publish(&mut self, packet_id: u16, d: &Delivery, dup: bool, now: Instant) -> bool {
         let m = &d.message;
-        let publish = Publish {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic: m.topic.to_string(),
-            packet_id,
-            payload: m.payload.clone(),
-            properties: PublishProperties {
+        let v5 = self.version == ProtocolVersion::V5;
+        // (alias, whether the client already knows it)
+        let alias = if self.client_topic_alias_max > 0 {
+            match self.out_aliases.get(&m.topic) {
+                Some(&a) => Some((a, true)),
+                None if self.out_aliases.len() < usize::from(self.client_topic_alias_max) => {
+                    Some((self.out_aliases.len() as u16 + 1, false))
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        // 3.1.1 carries no properties: the empty default allocates nothing.
+        let properties = if v5 {
+            PublishProperties {
                 payload_format_indicator: m.payload_format_indicator,
                 message_expiry_interval: m.remaining_expiry(now),
-                topic_alias: None,
+                topic_alias: alias.map(|(a, _)| a),
                 response_topic: m.response_topic.clone(),
                 correlation_data: m.correlation_data.clone(),
                 user_properties: m.user_properties.clone(),
                 subscription_identifiers: d.subscription_ids.clone(),
                 content_type: m.content_type.clone(),
-            },
+            }
+        } else {
+            PublishProperties::default()
         };
-        let mut packet = Packet::Publish(publish);
+        let publish = PublishRef {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: if matches!(alias, Some((_, true))) {
+                ""
+            } else {
+                &m.topic
+            },
+            packet_id,
+            payload: &m.payload,
+            properties: &properties,
+        };
         if self.client_max_packet_size != usize::MAX {
-            let fits = encoded_len(&packet, self.version)
+            let fits = publish_encoded_len(&publish, self.version)
                 .is_ok_and(|len| len <= self.client_max_packet_size);
             if !fits {
                 self.broker.stats.count_dropped(DropReason::TooLarge, 1);
                 return false;
             }
         }
-        if self.client_topic_alias_max > 0 {
-            if let Packet::Publish(p) = &mut packet {
-                self.apply_outgoing_alias(p, &m.topic);
-            }
+        if let Err(e) = encode_publish(&publish, self.version, &mut self.out) {
+            debug!(client_id = %self.client_id, error = %e, "PUBLISH not encodable");
+            return false;
         }
-        self.write_packet(&packet);
+        if let Some((a, false)) = alias {
+            self.out_aliases.insert(m.topic.clone(), a);
+        }
         self.broker.stats.messages_sent[d.qos as usize].fetch_add(1, Ordering::Relaxed);
         true
-    }
-
-    fn apply_outgoing_alias(&mut self, p: &mut Publish, topic: &Arc<str>) {
-        if let Some(&alias) = self.out_aliases.get(topic) {
-            p.properties.topic_alias = Some(alias);
-            p.topic.clear();
-        } else if self.out_aliases.len() < usize::from(self.client_topic_alias_max) {
-            let alias = self.out_aliases.len() as u16 + 1;
-            self.out_aliases.insert(topic.clone(), alias);
-            p.properties.topic_alias = Some(alias);
-        }
     }
 }

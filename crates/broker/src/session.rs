@@ -7,7 +7,7 @@
 //! offline the session waits in the broker's registry, and messages are queued into it
 //! there.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,7 +76,9 @@ pub struct Session {
     pub subscriptions: HashMap<String, Subscription>,
     /// Session Expiry Interval in seconds (0: the session ends with the connection).
     pub expiry_interval: u32,
-    outgoing: BTreeMap<u16, OutgoingInflight>,
+    /// In flight to the client, oldest first. Acknowledgements nearly always come in
+    /// order, so the entry sought is almost always at the front.
+    outgoing: VecDeque<(u16, OutgoingInflight)>,
     queue: VecDeque<Delivery>,
     queued_qos0: usize,
     next_packet_id: u16,
@@ -90,7 +92,7 @@ impl Session {
             client_id,
             subscriptions: HashMap::new(),
             expiry_interval,
-            outgoing: BTreeMap::new(),
+            outgoing: VecDeque::new(),
             queue: VecDeque::new(),
             queued_qos0: 0,
             next_packet_id: 1,
@@ -162,34 +164,63 @@ impl Session {
             }
             let packet_id = self.allocate_packet_id()?;
             self.outgoing
-                .insert(packet_id, OutgoingInflight::Publish(delivery.clone()));
+                .push_back((packet_id, OutgoingInflight::Publish(delivery.clone())));
             return Some((packet_id, delivery));
         }
     }
 
     fn allocate_packet_id(&mut self) -> Option<u16> {
-        // At most 65535 ids; the window is far smaller, so a free one exists in practice.
         for _ in 0..=u16::MAX {
             let id = self.next_packet_id;
             self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
-            if !self.outgoing.contains_key(&id) {
+            if !self.packet_id_in_use(id) {
                 return Some(id);
             }
         }
         None
     }
 
+    /// Ids are handed out in sequence, so every id in flight lies on the cycle from the
+    /// oldest one's id to the newest one's. A candidate outside that arc is free without
+    /// a search; only a window stretched over nearly all 65535 ids needs one.
+    fn packet_id_in_use(&self, id: u16) -> bool {
+        let (Some((oldest, _)), Some((newest, _))) = (self.outgoing.front(), self.outgoing.back())
+        else {
+            return false;
+        };
+        let arc = |from: u16, to: u16| (u32::from(to) + 65535 - u32::from(from)) % 65535;
+        if arc(*oldest, id) > arc(*oldest, *newest) {
+            return false;
+        }
+        self.outgoing.iter().any(|(i, _)| *i == id)
+    }
+
+    fn position(&self, packet_id: u16) -> Option<usize> {
+        self.outgoing.iter().position(|(id, _)| *id == packet_id)
+    }
+
+    fn remove_at(&mut self, index: usize) {
+        if index == 0 {
+            self.outgoing.pop_front();
+        } else {
+            self.outgoing.remove(index);
+        }
+    }
+
     /// Forgets a packet identifier handed out by `next_to_send` whose PUBLISH could not be
     /// sent at all (e.g. larger than the client's Maximum Packet Size).
     pub fn abandon(&mut self, packet_id: u16) {
-        self.outgoing.remove(&packet_id);
+        if let Some(i) = self.position(packet_id) {
+            self.remove_at(i);
+        }
     }
 
     /// PUBACK for a QoS 1 message we sent.
     pub fn on_puback(&mut self, packet_id: u16) -> Result<(), AckError> {
-        match self.outgoing.get(&packet_id) {
-            Some(OutgoingInflight::Publish(d)) if d.qos == QoS::AtLeastOnce => {
-                self.outgoing.remove(&packet_id);
+        match self.position(packet_id) {
+            Some(i) if matches!(&self.outgoing[i].1, OutgoingInflight::Publish(d) if d.qos == QoS::AtLeastOnce) =>
+            {
+                self.remove_at(i);
                 Ok(())
             }
             _ => Err(AckError::UnknownPacketId),
@@ -200,37 +231,40 @@ impl Session {
     /// message already released is answered with PUBREL again. `accepted` is false when the
     /// client's PUBREC carried an error reason: the exchange then ends there.
     pub fn on_pubrec(&mut self, packet_id: u16, accepted: bool) -> Result<(), AckError> {
-        match self.outgoing.get(&packet_id) {
-            Some(OutgoingInflight::Publish(d)) if d.qos == QoS::ExactlyOnce => {
+        let Some(i) = self.position(packet_id) else {
+            return Err(AckError::UnknownPacketId);
+        };
+        match &self.outgoing[i].1 {
+            OutgoingInflight::Publish(d) if d.qos == QoS::ExactlyOnce => {
                 if accepted {
-                    self.outgoing.insert(packet_id, OutgoingInflight::Released);
+                    self.outgoing[i].1 = OutgoingInflight::Released;
                 } else {
-                    self.outgoing.remove(&packet_id);
+                    self.remove_at(i);
                 }
                 Ok(())
             }
-            Some(OutgoingInflight::Released) => Ok(()),
-            _ => Err(AckError::UnknownPacketId),
+            OutgoingInflight::Released => Ok(()),
+            OutgoingInflight::Publish(_) => Err(AckError::UnknownPacketId),
         }
     }
 
     /// PUBCOMP: the QoS 2 exchange for a message we sent is complete.
     pub fn on_pubcomp(&mut self, packet_id: u16) -> Result<(), AckError> {
-        match self.outgoing.get(&packet_id) {
-            Some(OutgoingInflight::Released) => {
-                self.outgoing.remove(&packet_id);
+        match self.position(packet_id) {
+            Some(i) if matches!(self.outgoing[i].1, OutgoingInflight::Released) => {
+                self.remove_at(i);
                 Ok(())
             }
             _ => Err(AckError::UnknownPacketId),
         }
     }
 
-    /// What to send again, in packet-id order of sending, when the client resumes this
-    /// session on a new connection.
+    /// What to send again, in the order first sent, when the client resumes this session
+    /// on a new connection.
     pub fn resend_on_resume(&self) -> Vec<Resend> {
         self.outgoing
             .iter()
-            .map(|(&id, state)| match state {
+            .map(|&(id, ref state)| match state {
                 OutgoingInflight::Publish(d) => Resend::Publish(id, d.clone()),
                 OutgoingInflight::Released => Resend::PubRel(id),
             })
@@ -440,5 +474,29 @@ mod tests {
             .map(|(id, _)| id)
             .collect();
         assert_eq!(ids, [u16::MAX, 1]);
+    }
+
+    #[test]
+    fn packet_id_allocation_skips_ids_still_in_flight_after_a_full_cycle() {
+        let now = Instant::now();
+        let mut s = Session::new(Arc::from("c"), 0);
+        // Ids 1 and 2 stay unacknowledged while the counter goes once round the cycle.
+        for p in ["old1", "old2"] {
+            s.enqueue(delivery(QoS::AtLeastOnce, p, now), 10);
+        }
+        assert_eq!(payloads(&mut s, 10, now).len(), 2);
+        s.next_packet_id = u16::MAX;
+        s.enqueue(delivery(QoS::AtLeastOnce, "new", now), 10);
+        s.enqueue(delivery(QoS::AtLeastOnce, "newer", now), 10);
+        let ids: Vec<u16> = payloads(&mut s, 10, now)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, [u16::MAX, 3], "1 and 2 are still in flight");
+        assert_eq!(s.on_puback(2), Ok(()), "an out-of-order ack");
+        assert_eq!(s.on_puback(1), Ok(()));
+        assert_eq!(s.on_puback(u16::MAX), Ok(()));
+        assert_eq!(s.on_puback(3), Ok(()));
+        assert_eq!(s.inflight_len(), 0);
     }
 }

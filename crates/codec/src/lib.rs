@@ -19,7 +19,7 @@ mod reason;
 mod write;
 
 pub use decode::{decode, decode_connect_version, MAX_REMAINING_LENGTH};
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encode_publish, encoded_len, publish_encoded_len};
 pub use error::{DecodeError, DecodeErrorKind, EncodeError};
 pub use packet::*;
 pub use reason::ReasonCode;

@@ -5,7 +5,7 @@ use crate::primitives::Sink;
 use crate::properties::{put_block, Props, UserOnly};
 use crate::{
     Auth, ConnAck, Connect, Disconnect, EncodeError, Packet, ProtocolVersion, PubResponse, Publish,
-    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    PublishRef, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 
 use ProtocolVersion::{V311, V5};
@@ -15,12 +15,7 @@ pub(crate) fn first_byte(packet: &Packet) -> u8 {
     match packet {
         Packet::Connect(_) => 0x10,
         Packet::ConnAck(_) => 0x20,
-        Packet::Publish(p) => {
-            // DUP must be 0 on QoS 0 [MQTT-3.3.1-2]; a message downgraded to QoS 0 may
-            // still carry it, so it is dropped here.
-            let dup = p.dup && p.qos != QoS::AtMostOnce;
-            0x30 | (u8::from(dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)
-        }
+        Packet::Publish(p) => publish_first_byte(&PublishRef::from(p)),
         Packet::PubAck(_) => 0x40,
         Packet::PubRec(_) => 0x50,
         Packet::PubRel(_) => 0x62,
@@ -104,14 +99,26 @@ fn connack<S: Sink>(p: &ConnAck, v: ProtocolVersion, s: &mut S) {
 }
 
 fn publish<S: Sink>(p: &Publish, v: ProtocolVersion, s: &mut S) {
+    publish_ref(&PublishRef::from(p), v, s);
+}
+
+/// The first byte of a PUBLISH.
+pub(crate) fn publish_first_byte(p: &PublishRef<'_>) -> u8 {
+    // DUP must be 0 on QoS 0 [MQTT-3.3.1-2]; a message downgraded to QoS 0 may still carry
+    // it, so it is dropped here.
+    let dup = p.dup && p.qos != QoS::AtMostOnce;
+    0x30 | (u8::from(dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)
+}
+
+pub(crate) fn publish_ref<S: Sink>(p: &PublishRef<'_>, v: ProtocolVersion, s: &mut S) {
     s.field(p.topic.as_bytes());
     if p.qos != QoS::AtMostOnce {
         s.u16(p.packet_id);
     }
     if v == V5 {
-        put_block(s, &p.properties);
+        put_block(s, p.properties);
     }
-    s.slice(&p.payload);
+    s.slice(p.payload);
 }
 
 /// On 5.0, success without properties takes the two-byte short form and an error

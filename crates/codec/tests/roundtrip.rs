@@ -361,3 +361,23 @@ fn remaining_length_boundaries() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The broker's by-reference PUBLISH encoder writes exactly what the owned one does.
+    #[test]
+    fn encode_publish_by_reference_matches_encode(
+        (v, publish) in prop_oneof![Just(ProtocolVersion::V311), Just(ProtocolVersion::V5)]
+            .prop_flat_map(|v| (Just(v), common::publish(v)))
+    ) {
+        let mut owned = BytesMut::new();
+        encode(&Packet::Publish(publish.clone()), v, &mut owned).unwrap();
+        let mut by_ref = BytesMut::new();
+        let view = PublishRef::from(&publish);
+        let written = encode_publish(&view, v, &mut by_ref).unwrap();
+        prop_assert_eq!(&owned[..], &by_ref[..]);
+        prop_assert_eq!(written, owned.len());
+        prop_assert_eq!(publish_encoded_len(&view, v).unwrap(), owned.len());
+    }
+}
