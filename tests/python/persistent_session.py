@@ -32,7 +32,7 @@ def body(args, checks):
     _, present = back.connect()
     check(present, "CONNACK without session present for a persistent session")
     checks["session_present"] = True
-    got = back.wait_messages(N)
+    back.wait_messages(N)
     pub.publish(topic, "online", qos=1)
     back.wait("the online message", lambda: "online" in payloads(back.messages))
     got = payloads(back.received())

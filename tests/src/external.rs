@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 
 /// The repository root (the workspace that holds `tests/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// A port that was free a moment ago on 127.0.0.1: bind port 0, read the port, drop the
@@ -37,6 +40,15 @@ pub fn require_tool(name: &str) -> PathBuf {
         }
     }
     panic!("`{name}` is not on PATH: run ./scripts/test, which installs what the tests need");
+}
+
+/// A command for `tool` with its stdout line-buffered (coreutils' `stdbuf -oL`), for C
+/// programs such as mosquitto_sub whose output a test reads while they run: a pipe would
+/// otherwise hold their lines in a block buffer until they exit.
+pub fn line_buffered(tool: &str) -> Command {
+    let mut cmd = Command::new(require_tool("stdbuf"));
+    cmd.arg("-oL").arg(require_tool(tool));
+    cmd
 }
 
 /// What a finished (or timed-out) child process left behind.
@@ -63,14 +75,16 @@ impl Output {
             Some(s) => format!("{s}"),
             None => "killed after its timeout".to_string(),
         };
-        format!("status: {status}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout, self.stderr)
+        format!(
+            "status: {status}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        )
     }
 }
 
 /// Runs `cmd` to completion with no stdin, capturing its output; kills it after `timeout`.
 pub async fn run(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = Lines::spawn(cmd);
-    child.finish(timeout).await
+    Lines::spawn(cmd).finish(timeout).await
 }
 
 /// A child process whose stdout is read line by line while it runs, so a test can wait
@@ -86,7 +100,10 @@ pub struct Lines {
 impl Lines {
     pub fn spawn(cmd: &mut Command) -> Self {
         let label = format!("{:?}", cmd.as_std());
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
@@ -104,7 +121,13 @@ impl Lines {
             let _ = stderr.read_to_end(&mut buf).await;
             String::from_utf8_lossy(&buf).into_owned()
         });
-        Self { child, rx, seen: Vec::new(), stderr, label }
+        Self {
+            child,
+            rx,
+            seen: Vec::new(),
+            stderr,
+            label,
+        }
     }
 
     pub fn id(&self) -> Option<u32> {
@@ -112,7 +135,11 @@ impl Lines {
     }
 
     /// Waits for a stdout line matching `pred`; returns it, or None on timeout or end of output.
-    pub async fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+    pub async fn wait_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
@@ -139,7 +166,9 @@ impl Lines {
             }
         };
         // The pipes close when the process is gone; drain what is left.
-        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await {
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await
+        {
             self.seen.push(line);
         }
         let stderr = tokio::time::timeout(Duration::from_secs(5), &mut self.stderr)
@@ -147,11 +176,16 @@ impl Lines {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        Output { status, stdout: self.seen.join("\n"), stderr }
+        Output {
+            status,
+            stdout: self.seen.join("\n"),
+            stderr,
+        }
     }
 }
 
-/// A plain HTTP/1.0 GET; returns the status code and body, or None if nothing answered.
+/// A plain HTTP/1.0 GET; returns the status code and body, or None if nothing answered
+/// within 5 s.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
@@ -161,10 +195,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         stream.read_to_end(&mut response).await.ok()?;
         let text = String::from_utf8_lossy(&response).into_owned();
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), attempt).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Hand-made MQTT packets and a raw connection that reads them back, for tests that must
@@ -233,7 +273,13 @@ pub mod raw {
     }
 
     /// PUBLISH with raw topic bytes; `props` is Some for v5 (possibly empty).
-    pub fn publish(topic: &[u8], qos: u8, packet_id: u16, props: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
+    pub fn publish(
+        topic: &[u8],
+        qos: u8,
+        packet_id: u16,
+        props: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut body = string(topic);
         if qos > 0 {
             body.extend(packet_id.to_be_bytes());
@@ -377,7 +423,11 @@ pub mod raw {
                 self.end,
                 self.after,
                 packets.join(", "),
-                if self.leftover.is_empty() { String::new() } else { format!(" + {} stray bytes", self.leftover.len()) }
+                if self.leftover.is_empty() {
+                    String::new()
+                } else {
+                    format!(" + {} stray bytes", self.leftover.len())
+                }
             )
         }
 
@@ -397,9 +447,15 @@ pub mod raw {
         pub async fn open(addr: SocketAddr) -> std::io::Result<Self> {
             let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
             stream.set_nodelay(true)?;
-            Ok(Self { stream, buf: Vec::new(), started: Instant::now() })
+            Ok(Self {
+                stream,
+                buf: Vec::new(),
+                started: Instant::now(),
+            })
         }
 
         /// Writes all of `bytes`; an error (the node already closed) is returned, not a panic.
@@ -455,7 +511,12 @@ pub mod raw {
             while let Some(p) = take_packet(&mut self.buf) {
                 packets.push(p);
             }
-            Closure { packets, leftover: self.buf, end, after: self.started.elapsed() }
+            Closure {
+                packets,
+                leftover: self.buf,
+                end,
+                after: self.started.elapsed(),
+            }
         }
     }
 }

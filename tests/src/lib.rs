@@ -38,7 +38,10 @@ impl TestNode {
         config.node.shutdown_grace_secs = 2;
         adjust(&mut config);
         let node = tern::node::start(config).await.expect("test node starts");
-        Self { node: Some(node), data_dir }
+        Self {
+            node: Some(node),
+            data_dir,
+        }
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {

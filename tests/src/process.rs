@@ -9,7 +9,9 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
-        Ok(Self { child: cmd.spawn()? })
+        Ok(Self {
+            child: cmd.spawn()?,
+        })
     }
 }
 
@@ -24,8 +26,15 @@ impl Drop for ChildGuard {
 pub fn tern_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/tern
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let bin = profile_dir.join("tern");
-    assert!(bin.exists(), "{} missing: build it first (`cargo build -p tern`)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (`cargo build -p tern`)",
+        bin.display()
+    );
     bin
 }

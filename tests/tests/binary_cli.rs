@@ -11,7 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tern_tests::external::raw::{self, Conn, Next};
-use tern_tests::external::{free_port, http_get, require_tool, run, Lines, Output};
+use tern_tests::external::{free_port, http_get, line_buffered, require_tool, run, Lines, Output};
 use tern_tests::{tern_binary, unique_temp_dir, wait_until, ChildGuard};
 use tokio::process::Command;
 
@@ -80,7 +80,11 @@ async fn serve(mqtt_by_env: bool, extra: &[&str]) -> Served {
         let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = tern_std_command();
-        cmd.arg("serve").arg("--http-listen").arg(http.to_string()).arg("--data-dir").arg(dir.join("data"));
+        cmd.arg("serve")
+            .arg("--http-listen")
+            .arg(http.to_string())
+            .arg("--data-dir")
+            .arg(dir.join("data"));
         if mqtt_by_env {
             cmd.env("TERN_MQTT__LISTEN", mqtt.to_string());
         } else {
@@ -91,14 +95,22 @@ async fn serve(mqtt_by_env: bool, extra: &[&str]) -> Served {
             .stdout(File::create(dir.join("stdout.log")).expect("log file"))
             .stderr(File::create(dir.join("stderr.log")).expect("log file"));
         let guard = ChildGuard::spawn(&mut cmd).expect("spawn tern serve");
-        let mut served = Served { guard, mqtt, http, dir };
+        let mut served = Served {
+            guard,
+            mqtt,
+            http,
+            dir,
+        };
         if wait_healthy(&mut served).await {
             return served;
         }
         failures.push(served.log());
         // Dropping `served` kills the process and removes its directory.
     }
-    panic!("tern serve did not become healthy (two attempts)\n{}", failures.join("\n=====\n"));
+    panic!(
+        "tern serve did not become healthy (two attempts)\n{}",
+        failures.join("\n=====\n")
+    );
 }
 
 /// Waits until /healthz answers 200 and the MQTT port accepts connections; false if the
@@ -119,21 +131,33 @@ async fn wait_healthy(served: &mut Served) -> bool {
     false
 }
 
-fn sigterm(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid} failed: {status:?}");
+fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "kill -{signal} {pid} failed: {status:?}"
+    );
 }
 
 async fn v5_connected(addr: SocketAddr) -> Conn {
     let mut conn = Conn::open(addr).await.expect("connect");
-    let connack = conn.handshake(&raw::connect_v5("cli-v5", 60, &[])).await.expect("CONNACK");
+    let connack = conn
+        .handshake(&raw::connect_v5("cli-v5", 60, &[]))
+        .await
+        .expect("CONNACK");
     assert_eq!(connack.reason_code(), Some(0), "v5 CONNACK {connack}");
     conn
 }
 
 async fn v311_connected(addr: SocketAddr) -> Conn {
     let mut conn = Conn::open(addr).await.expect("connect");
-    let connack = conn.handshake(&raw::connect_v311("cli-v311", 60)).await.expect("CONNACK");
+    let connack = conn
+        .handshake(&raw::connect_v311("cli-v311", 60))
+        .await
+        .expect("CONNACK");
     assert_eq!(connack.reason_code(), Some(0), "3.1.1 CONNACK {connack}");
     conn
 }
@@ -143,7 +167,7 @@ async fn v311_connected(addr: SocketAddr) -> Conn {
 async fn graceful_stop(mut served: Served, signal: &str) {
     let mut v5 = v5_connected(served.mqtt).await;
     let v311 = v311_connected(served.mqtt).await;
-    sigterm(served.pid(), signal);
+    send_signal(served.pid(), signal);
 
     match v5.next(Duration::from_secs(10)).await {
         Next::Packet(p) => {
@@ -153,12 +177,23 @@ async fn graceful_stop(mut served: Served, signal: &str) {
                 served.log()
             );
         }
-        other => panic!("{signal}: v5 client got {other:?}, want DISCONNECT 0x8B\n{}", served.log()),
+        other => panic!(
+            "{signal}: v5 client got {other:?}, want DISCONNECT 0x8B\n{}",
+            served.log()
+        ),
     }
     let rest = v5.read_until_closed(Duration::from_secs(10)).await;
-    assert!(rest.closed() && rest.packets.is_empty(), "{signal}: after DISCONNECT: {}", rest.describe());
+    assert!(
+        rest.closed() && rest.packets.is_empty(),
+        "{signal}: after DISCONNECT: {}",
+        rest.describe()
+    );
     let closure = v311.read_until_closed(Duration::from_secs(10)).await;
-    assert!(closure.closed() && closure.packets.is_empty(), "{signal}: 3.1.1 client: {}", closure.describe());
+    assert!(
+        closure.closed() && closure.packets.is_empty(),
+        "{signal}: 3.1.1 client: {}",
+        closure.describe()
+    );
 
     let status = served.wait_exit(Duration::from_secs(15)).await;
     assert!(
@@ -174,29 +209,65 @@ async fn serve_answers_probes_and_mqtt_then_stops_on_sigterm() {
 
     let health = http_get(served.http, "/healthz").await;
     assert!(matches!(health, Some((200, _))), "/healthz: {health:?}");
-    let http = served.http;
-    let mut ready = None;
-    for _ in 0..100 {
-        ready = http_get(http, "/readyz").await;
-        if matches!(ready, Some((200, _))) {
-            break;
+    // A single node is ready once it has started; allow it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let ready = loop {
+        let ready = http_get(served.http, "/readyz").await;
+        if matches!(ready, Some((200, _))) || tokio::time::Instant::now() >= deadline {
+            break ready;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(matches!(ready, Some((200, _))), "/readyz of a single node: {ready:?}\n{}", served.log());
+    };
+    assert!(
+        matches!(ready, Some((200, _))),
+        "/readyz of a single node: {ready:?}\n{}",
+        served.log()
+    );
 
     // A mosquitto round trip through the real binary.
     let port = served.mqtt.port().to_string();
-    let mut sub_cmd = Command::new(require_tool("mosquitto_sub"));
-    sub_cmd.args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-t", "cli/rt", "-q", "1", "-C", "1", "-W", "30", "-d"]);
+    let mut sub_cmd = line_buffered("mosquitto_sub");
+    sub_cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-t",
+        "cli/rt",
+        "-q",
+        "1",
+        "-C",
+        "1",
+        "-W",
+        "30",
+        "-d",
+    ]);
     let mut sub = Lines::spawn(&mut sub_cmd);
     assert!(
-        sub.wait_line(Duration::from_secs(30), |l| l.starts_with("Subscribed (mid:")).await.is_some(),
+        sub.wait_line(Duration::from_secs(30), |l| l
+            .starts_with("Subscribed (mid:"))
+            .await
+            .is_some(),
         "mosquitto_sub did not subscribe\n{}",
         served.log()
     );
     let mut pub_cmd = Command::new(require_tool("mosquitto_pub"));
-    pub_cmd.args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-t", "cli/rt", "-q", "1", "-m", "through-the-binary"]);
+    pub_cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        "mqttv311",
+        "-t",
+        "cli/rt",
+        "-q",
+        "1",
+        "-m",
+        "through-the-binary",
+    ]);
     let out = run(&mut pub_cmd, Duration::from_secs(30)).await;
     assert!(out.success(), "mosquitto_pub\n{}", out.describe());
     let out = sub.finish(Duration::from_secs(30)).await;
@@ -222,13 +293,14 @@ async fn mqtt_listen_from_environment_is_honoured() {
     let _ = conn.send(&raw::disconnect()).await;
 }
 
-/// The maximum packet size a v5 CONNACK announces (property 0x27), if any.
-fn announced_max_packet_size(connack: &raw::Packet) -> Option<u32> {
+/// The properties of a v5 CONNACK, as (identifier, value bytes).
+fn connack_properties(connack: &raw::Packet) -> Vec<(u8, Vec<u8>)> {
     let body = &connack.body;
+    let mut out = Vec::new();
     let mut i = 2;
     let (mut len, mut shift) = (0usize, 0);
     loop {
-        let b = *body.get(i)?;
+        let Some(&b) = body.get(i) else { return out };
         len |= ((b & 0x7F) as usize) << shift;
         i += 1;
         if b & 0x80 == 0 {
@@ -236,55 +308,95 @@ fn announced_max_packet_size(connack: &raw::Packet) -> Option<u32> {
         }
         shift += 7;
     }
-    let props = body.get(i..i + len)?;
+    let Some(props) = body.get(i..i + len) else {
+        return out;
+    };
+    let u16_at = |k: usize| {
+        props
+            .get(k..k + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    };
     let mut j = 0;
     while j < props.len() {
         let id = props[j];
         j += 1;
-        let u16_at = |k: usize| props.get(k..k + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
         let size = match id {
-            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
-            0x13 | 0x21 | 0x22 => 2,
-            0x11 | 0x27 => 4,
-            0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => 2 + u16_at(j)?,
-            0x26 => {
-                let k = 2 + u16_at(j)?;
-                k + 2 + u16_at(j + k)?
-            }
-            _ => return None,
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => Some(1),
+            0x13 | 0x21 | 0x22 => Some(2),
+            0x11 | 0x27 => Some(4),
+            0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => u16_at(j).map(|n| 2 + n),
+            0x26 => u16_at(j).and_then(|k| u16_at(j + 2 + k).map(|v| 2 + k + 2 + v)),
+            _ => None,
         };
-        if id == 0x27 {
-            let b = props.get(j..j + 4)?;
-            return Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        }
-        j += size;
+        let Some(value) = size.and_then(|n| props.get(j..j + n)) else {
+            return out;
+        };
+        out.push((id, value.to_vec()));
+        j += value.len();
     }
-    None
+    out
+}
+
+fn property(props: &[(u8, Vec<u8>)], id: u8) -> Option<u64> {
+    props
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, v)| v.iter().fold(0u64, |acc, b| acc << 8 | *b as u64))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_and_set_flag_are_honoured() {
     let dir = unique_temp_dir("tern-cfg");
     let file = dir.join("tern.toml");
-    std::fs::write(&file, "[broker]\nmax_packet_size = 4096\nmaximum_qos = 1\n").unwrap();
-    let served = serve(false, &["--config", file.to_str().unwrap(), "--set", "broker.max_packet_size=2048"]).await;
+    std::fs::write(
+        &file,
+        "[broker]\nmax_packet_size = 4096\nmax_keep_alive = 30\n",
+    )
+    .unwrap();
+    let served = serve(
+        false,
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--set",
+            "broker.max_packet_size=2048",
+        ],
+    )
+    .await;
     let mut conn = Conn::open(served.mqtt).await.expect("connect");
-    let connack = conn.handshake(&raw::connect_v5("cfg", 60, &[])).await.expect("CONNACK");
+    let connack = conn
+        .handshake(&raw::connect_v5("cfg", 60, &[]))
+        .await
+        .expect("CONNACK");
     assert_eq!(connack.reason_code(), Some(0));
+    let props = connack_properties(&connack);
     assert_eq!(
-        announced_max_packet_size(&connack),
+        property(&props, 0x13),
+        Some(30),
+        "the file's broker.max_keep_alive = 30 must cap a keep-alive of 60 (Server Keep Alive): {props:02X?}"
+    );
+    assert_eq!(
+        property(&props, 0x27),
         Some(2048),
-        "--set must override the file's broker.max_packet_size: CONNACK {:02X?}",
-        connack.body
+        "--set must override the file's broker.max_packet_size (Maximum Packet Size): {props:02X?}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }
 
 async fn expect_config_error(cmd: &mut Command, what: &str, names: &[&str]) -> Output {
     let out = run(cmd, Duration::from_secs(20)).await;
-    assert_eq!(out.code(), Some(2), "{what}: tern serve should exit 2\n{}", out.describe());
+    assert_eq!(
+        out.code(),
+        Some(2),
+        "{what}: tern serve should exit 2\n{}",
+        out.describe()
+    );
     for name in names {
-        assert!(out.stderr.contains(name), "{what}: stderr should name {name:?}\n{}", out.describe());
+        assert!(
+            out.stderr.contains(name),
+            "{what}: stderr should name {name:?}\n{}",
+            out.describe()
+        );
     }
     out
 }
@@ -298,7 +410,13 @@ async fn unknown_key_in_config_file_exits_2_naming_key_and_file() {
     cmd.arg("serve")
         .arg("--config")
         .arg(&file)
-        .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.join("data"));
     expect_config_error(&mut cmd, "unknown key", &["max_packet_sizee", "bad.toml"]).await;
     let _ = std::fs::remove_dir_all(dir);
@@ -310,9 +428,20 @@ async fn bad_environment_value_exits_2_naming_key() {
     let mut cmd = tern_command();
     cmd.env("TERN_BROKER__MAX_PACKET_SIZE", "abc")
         .arg("serve")
-        .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.join("data"));
-    expect_config_error(&mut cmd, "bad env value", &["max_packet_size", "TERN_BROKER__MAX_PACKET_SIZE"]).await;
+    expect_config_error(
+        &mut cmd,
+        "bad env value",
+        &["max_packet_size", "TERN_BROKER__MAX_PACKET_SIZE"],
+    )
+    .await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -323,15 +452,27 @@ async fn passwd_prints_an_argon2id_hash_that_verifies() {
     let out = run(&mut cmd, Duration::from_secs(20)).await;
     assert!(out.success(), "tern passwd\n{}", out.describe());
     let hash = out.stdout.trim();
-    assert!(hash.starts_with("$argon2id$"), "want a $argon2id$ PHC string, got {hash:?}");
+    assert!(
+        hash.starts_with("$argon2id$"),
+        "want a $argon2id$ PHC string, got {hash:?}"
+    );
 
     use tern_broker::auth::{AuthOutcome, Authenticator};
     let config = tern_broker::AuthConfig {
         allow_anonymous: false,
-        users: vec![tern_broker::UserEntry { username: "u".into(), password_hash: hash.to_string() }],
+        users: vec![tern_broker::UserEntry {
+            username: "u".into(),
+            password_hash: hash.to_string(),
+        }],
         ..Default::default()
     };
     let auth = Authenticator::new(&config).expect("the printed hash parses");
-    assert!(matches!(auth.authenticate(Some("u"), Some(b"x")), AuthOutcome::Allowed));
-    assert!(matches!(auth.authenticate(Some("u"), Some(b"y")), AuthOutcome::BadCredentials));
+    assert!(matches!(
+        auth.authenticate(Some("u"), Some(b"x")),
+        AuthOutcome::Allowed
+    ));
+    assert!(matches!(
+        auth.authenticate(Some("u"), Some(b"y")),
+        AuthOutcome::BadCredentials
+    ));
 }

@@ -44,10 +44,23 @@ async fn go_round_trip(qos: u8, n: usize) {
     let mut cmd = Command::new(&bin);
     cmd.arg("-broker")
         .arg(format!("tcp://{}", node.mqtt_addr()))
-        .args(["-topic", &topic, "-n", &n.to_string(), "-qos", &qos.to_string(), "-timeout", "30s"]);
+        .args([
+            "-topic",
+            &topic,
+            "-n",
+            &n.to_string(),
+            "-qos",
+            &qos.to_string(),
+            "-timeout",
+            "30s",
+        ]);
     let out = run(&mut cmd, Duration::from_secs(60)).await;
     let _ = std::fs::remove_dir_all(bin.parent().expect("temp dir"));
-    assert!(out.success(), "go-paho QoS {qos} failed\n{}", out.describe());
+    assert!(
+        out.success(),
+        "go-paho QoS {qos} failed\n{}",
+        out.describe()
+    );
 
     let mut counts = BTreeMap::<String, usize>::new();
     for line in out.stdout.lines() {
@@ -58,8 +71,17 @@ async fn go_round_trip(qos: u8, n: usize) {
         }
     }
     let want: BTreeMap<String, usize> = (0..n).map(|i| (format!("message-{i}"), 1)).collect();
-    assert_eq!(counts, want, "QoS {qos}: every message must arrive exactly once\n{}", out.describe());
-    assert!(out.stdout.contains(&format!("done {n}")), "no 'done' line\n{}", out.describe());
+    assert_eq!(
+        counts,
+        want,
+        "QoS {qos}: every message must arrive exactly once\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains(&format!("done {n}")),
+        "no 'done' line\n{}",
+        out.describe()
+    );
     node.shutdown().await;
 }
 

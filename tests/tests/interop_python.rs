@@ -25,7 +25,12 @@ async fn script(name: &str, version: &str) {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
     let out = run(&mut cmd, Duration::from_secs(120)).await;
-    let result = out.stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+    let result = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
     assert!(
         out.success() && result.contains("\"ok\": true"),
         "paho-mqtt {name}.py --version {version} failed (is paho-mqtt 2.x installed? ./scripts/test installs it)\n{}",

@@ -90,12 +90,14 @@ pub(crate) async fn run<S>(
                 .stats
                 .count_connect_outcome(e.kind.reason_code().name());
             info!(%peer, error = %e, "malformed CONNECT");
-            let refuse = match (version, e.kind) {
-                (Some(v), _) => Some((v, e.kind.reason_code())),
-                (None, DecodeErrorKind::ProtocolVersion) => Some((
-                    ProtocolVersion::V311,
-                    ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                )),
+            // 5.0 answers every malformed CONNECT with a reason code; 3.1.1 has return codes
+            // only for an unacceptable protocol version, so anything else is a plain close.
+            let reason = e.kind.reason_code();
+            let refuse = match version {
+                Some(ProtocolVersion::V5) => Some((ProtocolVersion::V5, reason)),
+                _ if reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => {
+                    Some((ProtocolVersion::V311, reason))
+                }
                 _ => None,
             };
             if let Some((version, reason)) = refuse {
@@ -795,7 +797,7 @@ impl Connection {
                 &filter,
             ) {
                 // Tern answers a denied SUBSCRIBE with 0x80 on both versions (see
-                // docs/configuration.md, "ACL").
+                // docs/architecture.md, "Decisions").
                 Some(ReasonCode::UNSPECIFIED_ERROR)
             } else {
                 None

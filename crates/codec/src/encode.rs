@@ -67,12 +67,18 @@ pub fn encode_publish(
 }
 
 /// The whole encoded size of a PUBLISH given by reference.
-pub fn publish_encoded_len(publish: &PublishRef<'_>, version: ProtocolVersion) -> Result<usize, EncodeError> {
+pub fn publish_encoded_len(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+) -> Result<usize, EncodeError> {
     let remaining = publish_remaining_len(publish, version)?;
     Ok(1 + varint_len(remaining) + remaining)
 }
 
-fn publish_remaining_len(publish: &PublishRef<'_>, version: ProtocolVersion) -> Result<usize, EncodeError> {
+fn publish_remaining_len(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+) -> Result<usize, EncodeError> {
     let mut counter = Counter::default();
     write::publish_ref(publish, version, &mut counter);
     let remaining = counter.finish()?;
