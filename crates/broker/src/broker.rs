@@ -259,14 +259,23 @@ impl Broker {
                     }
                 }
             };
-            self.cluster.client_claimed(client_id);
-            let resumed = match old_session {
-                Some(session) if resume => Some(session),
-                Some(session) => {
+            let want_session = resume && old_session.is_none();
+            let remote = self.cluster.claim(client_id, want_session).await;
+            let resumed = match (old_session, remote) {
+                (Some(session), _) if resume => Some(session),
+                (Some(session), _) => {
                     self.remove_session_subscriptions(&slot, &session);
                     None
                 }
-                None => None,
+                (None, Some(session)) if resume => {
+                    // A session that lived on another node: its subscriptions join this
+                    // node's index (and so its routes).
+                    for (filter, subscription) in &session.subscriptions {
+                        self.add_subscription(&slot, filter, subscription);
+                    }
+                    Some(session)
+                }
+                (None, _) => None,
             };
             return Claim { slot, resumed };
         }
@@ -352,6 +361,50 @@ impl Broker {
         if let Some(w) = will_now {
             self.publish(w);
         }
+    }
+
+    /// Gives up this node's session of `client_id` because its client connected to another
+    /// node: an online client is disconnected (v5: 0x8E) and its session handed over,
+    /// an offline session is taken as it is. Its subscriptions leave this node's index.
+    /// `None` if this node has no session for the id.
+    pub async fn hand_over(self: &Arc<Self>, client_id: &str) -> Option<Session> {
+        let slot = self.sessions.lock().get(client_id).cloned()?;
+        let handed = {
+            let mut inner = slot.inner.lock();
+            inner.generation += 1;
+            match std::mem::replace(&mut inner.state, SlotState::Ended) {
+                SlotState::Online { tx, .. } => {
+                    let (reply, answer) = oneshot::channel();
+                    let sent = tx
+                        .send(ConnCommand::TakeOver {
+                            reply,
+                            resume: true,
+                        })
+                        .is_ok();
+                    Handed::Pending(sent.then_some(answer))
+                }
+                SlotState::Offline { session, .. } => {
+                    self.stats.sessions_offline.fetch_sub(1, Ordering::Relaxed);
+                    Handed::Now(session)
+                }
+                SlotState::Ended => Handed::Nothing,
+            }
+        };
+        let session = match handed {
+            Handed::Now(session) => Some(session),
+            // Commands sent before the takeover are in the channel ahead of it, so the
+            // session comes back with every message routed to it until now.
+            Handed::Pending(Some(answer)) => tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Handed::Pending(None) | Handed::Nothing => None,
+        };
+        if let Some(session) = &session {
+            self.remove_session_subscriptions(&slot, session);
+        }
+        self.unregister(&slot);
+        session
     }
 
     fn arm_timer(
@@ -651,6 +704,12 @@ impl Broker {
             }
         }
     }
+}
+
+enum Handed {
+    Now(Session),
+    Pending(Option<oneshot::Receiver<Session>>),
+    Nothing,
 }
 
 #[derive(Clone, Copy, Debug)]

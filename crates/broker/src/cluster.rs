@@ -2,9 +2,15 @@
 //! knows nothing else about other nodes; a single node uses [`SingleNode`], where each is
 //! a no-op. The cluster crate implements the trait with Raft and QUIC.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::message::Message;
+use crate::session::Session;
+
+/// What [`Cluster::claim`] answers: the client's session if another node held it.
+pub type SessionFuture = Pin<Box<dyn Future<Output = Option<Session>> + Send>>;
 
 pub trait Cluster: Send + Sync + 'static {
     /// This node now has its first local subscriber to `filter` (`group` is the share
@@ -17,8 +23,11 @@ pub trait Cluster: Send + Sync + 'static {
     fn forward(&self, message: &Arc<Message>);
     /// A retained message was set (`Some`) or cleared (`None`) by a local client.
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
-    /// A client connected here with this id.
-    fn client_claimed(&self, client_id: &str);
+    /// A client connected here with this id (the local session, if any, is already
+    /// settled). With `want_session`, the client asked to resume a session this node does
+    /// not have: if another node has it, the cluster takes it from there (that node
+    /// disconnects its client) and hands it back. Only that case waits for anything.
+    fn claim(&self, client_id: &str, want_session: bool) -> SessionFuture;
 }
 
 /// A node on its own: nothing to tell anyone.
@@ -30,5 +39,7 @@ impl Cluster for SingleNode {
     fn route_removed(&self, _filter: &str, _group: Option<&str>) {}
     fn forward(&self, _message: &Arc<Message>) {}
     fn retained_changed(&self, _topic: &str, _message: Option<&Arc<Message>>) {}
-    fn client_claimed(&self, _client_id: &str) {}
+    fn claim(&self, _client_id: &str, _want_session: bool) -> SessionFuture {
+        Box::pin(std::future::ready(None))
+    }
 }

@@ -69,6 +69,20 @@ pub enum AckError {
     UnknownPacketId,
 }
 
+/// A session as plain data: what moves to another node when its client connects there.
+#[derive(Clone, Debug)]
+pub struct SessionParts {
+    pub client_id: String,
+    pub expiry_interval: u32,
+    pub subscriptions: Vec<(String, Subscription)>,
+    /// In flight to the client, oldest first: the message, or `None` once PUBREL was sent.
+    pub outgoing: Vec<(u16, Option<Delivery>)>,
+    pub queue: Vec<Delivery>,
+    pub next_packet_id: u16,
+    /// QoS 2 packet identifiers received from the client and not yet released.
+    pub incoming_qos2: Vec<u16>,
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub client_id: Arc<str>,
@@ -97,6 +111,48 @@ impl Session {
             queued_qos0: 0,
             next_packet_id: 1,
             incoming_qos2: HashSet::new(),
+        }
+    }
+
+    pub fn into_parts(self) -> SessionParts {
+        SessionParts {
+            client_id: self.client_id.to_string(),
+            expiry_interval: self.expiry_interval,
+            subscriptions: self.subscriptions.into_iter().collect(),
+            outgoing: self
+                .outgoing
+                .into_iter()
+                .map(|(id, state)| match state {
+                    OutgoingInflight::Publish(d) => (id, Some(d)),
+                    OutgoingInflight::Released => (id, None),
+                })
+                .collect(),
+            queue: self.queue.into_iter().collect(),
+            next_packet_id: self.next_packet_id,
+            incoming_qos2: self.incoming_qos2.into_iter().collect(),
+        }
+    }
+
+    pub fn from_parts(parts: SessionParts) -> Self {
+        let queue: VecDeque<Delivery> = parts.queue.into();
+        Self {
+            client_id: Arc::from(parts.client_id.as_str()),
+            subscriptions: parts.subscriptions.into_iter().collect(),
+            expiry_interval: parts.expiry_interval,
+            outgoing: parts
+                .outgoing
+                .into_iter()
+                .map(|(id, d)| {
+                    (
+                        id,
+                        d.map_or(OutgoingInflight::Released, OutgoingInflight::Publish),
+                    )
+                })
+                .collect(),
+            queued_qos0: queue.iter().filter(|d| d.qos == QoS::AtMostOnce).count(),
+            queue,
+            next_packet_id: parts.next_packet_id.max(1),
+            incoming_qos2: parts.incoming_qos2.into_iter().collect(),
         }
     }
 
