@@ -509,11 +509,14 @@ impl Broker {
                 if existed {
                     groups.remove(shared.group, shared.filter, &member);
                 }
-                let first = groups.add(shared.group, shared.filter, member) && !existed;
-                drop(groups);
-                if first {
-                    self.cluster.route_added(shared.filter, Some(shared.group));
+                groups.add(shared.group, shared.filter, member);
+                if !existed {
+                    // Under the lock, so the cluster hears changes in the order they happen.
+                    let members = groups.members(shared.group, shared.filter).len();
+                    self.cluster
+                        .shared_members(shared.group, shared.filter, members);
                 }
+                drop(groups);
                 if !existed {
                     self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                 }
@@ -528,11 +531,11 @@ impl Broker {
                 };
                 let mut tree = self.subscriptions.write();
                 let existed = tree.insert(filter, key, entry).is_some();
-                let first = !existed && tree.subscriber_count(filter) == 1;
-                drop(tree);
-                if first {
-                    self.cluster.route_added(filter, None);
+                if !existed && tree.subscriber_count(filter) == 1 {
+                    // Under the lock, so the cluster hears changes in the order they happen.
+                    self.cluster.route_added(filter);
                 }
+                drop(tree);
                 if !existed {
                     self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                 }
@@ -544,7 +547,7 @@ impl Broker {
     /// Removes a subscription from the index. Returns true if it existed.
     pub(crate) fn remove_subscription(&self, slot: &Arc<SessionSlot>, filter: &str) -> bool {
         let key = SlotKey(slot.clone());
-        let (removed, last) = match topic::parse_shared(filter) {
+        let removed = match topic::parse_shared(filter) {
             Ok(Some(shared)) => {
                 let member = SharedMember {
                     slot: key,
@@ -555,23 +558,23 @@ impl Broker {
                 let existed = groups
                     .members(shared.group, shared.filter)
                     .contains(&member);
-                let emptied = groups.remove(shared.group, shared.filter, &member);
-                drop(groups);
-                if emptied {
+                groups.remove(shared.group, shared.filter, &member);
+                if existed {
+                    let members = groups.members(shared.group, shared.filter).len();
                     self.cluster
-                        .route_removed(shared.filter, Some(shared.group));
+                        .shared_members(shared.group, shared.filter, members);
                 }
-                (existed, false)
+                existed
             }
             _ => {
                 let mut tree = self.subscriptions.write();
                 let removed = tree.remove(filter, &key).is_some();
-                (removed, removed && tree.subscriber_count(filter) == 0)
+                if removed && tree.subscriber_count(filter) == 0 {
+                    self.cluster.route_removed(filter);
+                }
+                removed
             }
         };
-        if last {
-            self.cluster.route_removed(filter, None);
-        }
         if removed {
             self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }

@@ -13,11 +13,15 @@ use crate::session::Session;
 pub type SessionFuture = Pin<Box<dyn Future<Output = Option<Session>> + Send>>;
 
 pub trait Cluster: Send + Sync + 'static {
-    /// This node now has its first local subscriber to `filter` (`group` is the share
-    /// name of a `$share/group/filter` subscription).
-    fn route_added(&self, filter: &str, group: Option<&str>);
-    /// This node's last local subscriber to `filter` (in `group`) has gone.
-    fn route_removed(&self, filter: &str, group: Option<&str>);
+    /// This node now has its first local subscriber to `filter`. Called with the
+    /// subscription index locked, so calls arrive in the order of the changes: record,
+    /// don't block.
+    fn route_added(&self, filter: &str);
+    /// This node's last local subscriber to `filter` has gone (same calling rules).
+    fn route_removed(&self, filter: &str);
+    /// This node now has `members` local members of `$share/{group}/{filter}` (0: none
+    /// left). Same calling rules.
+    fn shared_members(&self, group: &str, filter: &str, members: usize);
     /// A message published by a local client, after local delivery: send it to the
     /// other nodes whose routes match.
     fn forward(&self, message: &Arc<Message>);
@@ -35,8 +39,9 @@ pub trait Cluster: Send + Sync + 'static {
 pub struct SingleNode;
 
 impl Cluster for SingleNode {
-    fn route_added(&self, _filter: &str, _group: Option<&str>) {}
-    fn route_removed(&self, _filter: &str, _group: Option<&str>) {}
+    fn route_added(&self, _filter: &str) {}
+    fn route_removed(&self, _filter: &str) {}
+    fn shared_members(&self, _group: &str, _filter: &str, _members: usize) {}
     fn forward(&self, _message: &Arc<Message>) {}
     fn retained_changed(&self, _topic: &str, _message: Option<&Arc<Message>>) {}
     fn claim(&self, _client_id: &str, _want_session: bool) -> SessionFuture {

@@ -20,8 +20,9 @@ struct PairedNode {
 }
 
 impl Cluster for PairedNode {
-    fn route_added(&self, _: &str, _: Option<&str>) {}
-    fn route_removed(&self, _: &str, _: Option<&str>) {}
+    fn route_added(&self, _: &str) {}
+    fn route_removed(&self, _: &str) {}
+    fn shared_members(&self, _: &str, _: &str, _: usize) {}
     fn forward(&self, _: &Arc<Message>) {}
     fn retained_changed(&self, _: &str, _: Option<&Arc<Message>>) {}
     fn claim(&self, client_id: &str, want_session: bool) -> SessionFuture {
