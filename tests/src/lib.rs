@@ -8,6 +8,7 @@
 pub mod clients;
 pub mod external;
 pub mod process;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,552 @@
+//! The sending side of one link (this node → one peer): sequence numbers, the bounded
+//! backlog, batching, and resending unacknowledged QoS 1/2 messages after a reconnect.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::frame::{approx_size, ForwardAck, ForwardBatch, Forwarded, SharedTarget};
+use crate::types::{NodeId, WireMessage};
+
+/// How much one link may hold: messages waiting to be sent plus QoS 1/2 messages waiting
+/// for their ack. A peer that is down or slow must not grow a node's memory without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboundLimits {
+    pub max_backlog_messages: usize,
+    /// Measured with a cheap estimate of each message's encoded size.
+    pub max_backlog_bytes: usize,
+}
+
+impl Default for OutboundLimits {
+    fn default() -> Self {
+        Self {
+            max_backlog_messages: 100_000,
+            max_backlog_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a message was dropped by a full backlog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// An older QoS 0 message made room for a newer one.
+    EvictedQos0,
+    /// The backlog was full of QoS 1/2 messages: the new message was refused.
+    BacklogFull,
+    /// The message alone is larger than the backlog's byte limit.
+    TooLarge,
+}
+
+/// Messages dropped by the backlog limits, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    pub evicted_qos0: u64,
+    pub backlog_full: u64,
+    pub too_large: u64,
+}
+
+impl DropCounts {
+    pub fn total(&self) -> u64 {
+        self.evicted_qos0 + self.backlog_full + self.too_large
+    }
+
+    fn count(&mut self, reason: DropReason, n: u64) {
+        match reason {
+            DropReason::EvictedQos0 => self.evicted_qos0 += n,
+            DropReason::BacklogFull => self.backlog_full += n,
+            DropReason::TooLarge => self.too_large += n,
+        }
+    }
+}
+
+/// What [`Outbound::push`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued under `seq`, after evicting `evicted` older QoS 0 messages to make room.
+    Queued { seq: u64, evicted: usize },
+    /// Not queued (counted in [`Outbound::drop_counts`]).
+    Refused(DropReason),
+}
+
+#[derive(Debug)]
+struct Entry {
+    fwd: Forwarded,
+    size: usize,
+    queued_at: Instant,
+    /// Handed out on some link before: handing it out again is a resend.
+    sent: bool,
+}
+
+/// The sending state of one link. Starts with the link down: call
+/// [`on_link_up`](Self::on_link_up) once the transport has a connection.
+#[derive(Debug)]
+pub struct Outbound {
+    origin: NodeId,
+    link_epoch: u64,
+    limits: OutboundLimits,
+    link_up: bool,
+    next_seq: u64,
+    /// Highest sequence ever handed out; everything not yet handed out is above it.
+    highest_sent: u64,
+    /// To be handed out on the current link, by sequence: resends first (they have the
+    /// lowest sequences), then messages never sent.
+    pending: BTreeMap<u64, Entry>,
+    /// Sequences of the QoS 0 messages in `pending`, oldest first: eviction candidates.
+    qos0_pending: VecDeque<u64>,
+    qos0_bytes: usize,
+    /// QoS 1/2 messages handed out on the current link and not yet acknowledged.
+    unacked: BTreeMap<u64, Entry>,
+    /// Estimated bytes of `pending` and `unacked` together.
+    bytes: usize,
+    resent_total: u64,
+    drops: DropCounts,
+    ignored_acks: u64,
+}
+
+impl Outbound {
+    /// A link from `origin` whose sequence space is `link_epoch`: a value that grows with
+    /// every incarnation of this sender (see the module docs).
+    pub fn new(origin: NodeId, link_epoch: u64, limits: OutboundLimits) -> Self {
+        Self {
+            origin,
+            link_epoch,
+            limits,
+            link_up: false,
+            next_seq: 1,
+            highest_sent: 0,
+            pending: BTreeMap::new(),
+            qos0_pending: VecDeque::new(),
+            qos0_bytes: 0,
+            unacked: BTreeMap::new(),
+            bytes: 0,
+            resent_total: 0,
+            drops: DropCounts::default(),
+            ignored_acks: 0,
+        }
+    }
+
+    /// Queues a message for the peer and gives it the link's next sequence number. When
+    /// the backlog is full, the oldest QoS 0 messages make room; if they cannot, the new
+    /// message is refused. Either way the drop is counted.
+    pub fn push(
+        &mut self,
+        message: WireMessage,
+        shared: Option<SharedTarget>,
+        now: Instant,
+    ) -> PushOutcome {
+        let size = approx_size(&message, shared.as_ref());
+        if size > self.limits.max_backlog_bytes {
+            return self.refuse(DropReason::TooLarge);
+        }
+        let need_messages =
+            (self.backlog_len() + 1).saturating_sub(self.limits.max_backlog_messages);
+        let need_bytes = (self.bytes + size).saturating_sub(self.limits.max_backlog_bytes);
+        if self.qos0_pending.len() < need_messages || self.qos0_bytes < need_bytes {
+            // Evicting every QoS 0 message would not make room: keep them.
+            return self.refuse(DropReason::BacklogFull);
+        }
+        let mut evicted = 0;
+        while self.backlog_len() + 1 > self.limits.max_backlog_messages
+            || self.bytes + size > self.limits.max_backlog_bytes
+        {
+            let Some(seq) = self.qos0_pending.pop_front() else {
+                break; // unreachable after the check above
+            };
+            if let Some(entry) = self.pending.remove(&seq) {
+                self.forget(&entry);
+                evicted += 1;
+            }
+        }
+        self.drops.count(DropReason::EvictedQos0, evicted as u64);
+
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if message.qos == 0 {
+            self.qos0_pending.push_back(seq);
+            self.qos0_bytes += size;
+        }
+        self.bytes += size;
+        let fwd = Forwarded {
+            seq,
+            message,
+            shared,
+        };
+        let entry = Entry {
+            fwd,
+            size,
+            queued_at: now,
+            sent: false,
+        };
+        self.pending.insert(seq, entry);
+        PushOutcome::Queued { seq, evicted }
+    }
+
+    fn refuse(&mut self, reason: DropReason) -> PushOutcome {
+        self.drops.count(reason, 1);
+        PushOutcome::Refused(reason)
+    }
+
+    /// Removes an entry's share of the byte and QoS 0 accounting.
+    fn forget(&mut self, entry: &Entry) {
+        self.bytes -= entry.size;
+        if entry.fwd.message.qos == 0 {
+            self.qos0_bytes -= entry.size;
+        }
+    }
+
+    /// The next batch for the current link, in sequence order: at most `max_messages`
+    /// messages and about `max_bytes` (always at least one message, so a large one cannot
+    /// block the link). `None` while the link is down or nothing is waiting. QoS 0 messages
+    /// are forgotten once handed out; QoS 1/2 ones wait for their ack.
+    pub fn next_batch(&mut self, max_messages: usize, max_bytes: usize) -> Option<ForwardBatch> {
+        if !self.link_up || self.pending.is_empty() || max_messages == 0 {
+            return None;
+        }
+        let mut messages = Vec::new();
+        let mut batch_bytes = 0;
+        while messages.len() < max_messages {
+            let Some(mut first) = self.pending.first_entry() else {
+                break;
+            };
+            let size = first.get().size;
+            if !messages.is_empty() && batch_bytes + size > max_bytes {
+                break;
+            }
+            batch_bytes += size;
+            let entry = first.get_mut();
+            if entry.sent {
+                self.resent_total += 1;
+            }
+            entry.sent = true;
+            let seq = entry.fwd.seq;
+            self.highest_sent = self.highest_sent.max(seq);
+            if entry.fwd.message.qos == 0 {
+                let entry = first.remove();
+                let front = self.qos0_pending.pop_front();
+                debug_assert_eq!(front, Some(seq), "QoS 0 index follows the backlog");
+                self.forget(&entry);
+                messages.push(entry.fwd);
+            } else {
+                messages.push(entry.fwd.clone());
+                let entry = first.remove();
+                self.unacked.insert(seq, entry);
+            }
+        }
+        Some(ForwardBatch {
+            origin: self.origin,
+            link_epoch: self.link_epoch,
+            messages,
+        })
+    }
+
+    /// The peer has processed every sequence `<= ack.up_to`: release those QoS 1/2
+    /// messages, whether still awaiting the ack or already queued for a resend (an ack
+    /// that arrives after the link dropped). Acks of another epoch are ignored and counted.
+    pub fn on_ack(&mut self, ack: ForwardAck) {
+        if ack.link_epoch != self.link_epoch {
+            self.ignored_acks += 1;
+            return;
+        }
+        // Nothing above `highest_sent` has been sent, so nothing above it can be acked.
+        let up_to = ack.up_to.min(self.highest_sent);
+        let kept = self.unacked.split_off(&(up_to.saturating_add(1)));
+        let released = std::mem::replace(&mut self.unacked, kept);
+        for entry in released.values() {
+            self.forget(entry);
+        }
+        while let Some(first) = self.pending.first_entry() {
+            if *first.key() > up_to {
+                break;
+            }
+            let entry = first.remove();
+            self.forget(&entry);
+        }
+    }
+
+    /// The connection is gone: nothing is sent until [`on_link_up`](Self::on_link_up),
+    /// and every unacknowledged message will be sent again.
+    pub fn on_link_down(&mut self) {
+        self.link_up = false;
+        self.requeue_unacked();
+    }
+
+    /// A (new) connection is up: unacknowledged messages go first, in sequence order,
+    /// then the rest.
+    pub fn on_link_up(&mut self) {
+        self.requeue_unacked();
+        self.link_up = true;
+    }
+
+    /// Unacked messages have lower sequences than any unsent one, so merging them back
+    /// puts them at the front, in order.
+    fn requeue_unacked(&mut self) {
+        let mut unacked = std::mem::take(&mut self.unacked);
+        self.pending.append(&mut unacked);
+    }
+
+    pub fn origin(&self) -> NodeId {
+        self.origin
+    }
+
+    pub fn link_epoch(&self) -> u64 {
+        self.link_epoch
+    }
+
+    pub fn is_link_up(&self) -> bool {
+        self.link_up
+    }
+
+    /// Messages held: waiting to be sent (or resent) plus awaiting an ack.
+    pub fn backlog_len(&self) -> usize {
+        self.pending.len() + self.unacked.len()
+    }
+
+    /// Estimated encoded bytes of [`backlog_len`](Self::backlog_len)'s messages.
+    pub fn backlog_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages waiting to be handed out on the current link (resends included).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// QoS 1/2 messages handed out on the current link and not yet acknowledged.
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Messages handed out again after a reconnect, since this link was created.
+    pub fn resent_total(&self) -> u64 {
+        self.resent_total
+    }
+
+    /// Messages dropped by the backlog limits, all reasons together.
+    pub fn overflow_dropped(&self) -> u64 {
+        self.drops.total()
+    }
+
+    pub fn drop_counts(&self) -> DropCounts {
+        self.drops
+    }
+
+    /// Acks of another epoch that were ignored.
+    pub fn ignored_acks(&self) -> u64 {
+        self.ignored_acks
+    }
+
+    /// How long the oldest held message has waited: the link's lag.
+    pub fn oldest_age(&self, now: Instant) -> Option<Duration> {
+        let oldest = [
+            self.pending.first_key_value(),
+            self.unacked.first_key_value(),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(seq, _)| **seq)?;
+        Some(now.saturating_duration_since(oldest.1.queued_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    pub(crate) fn msg(qos: u8, payload: &[u8]) -> WireMessage {
+        WireMessage {
+            topic: "t".into(),
+            payload: Bytes::copy_from_slice(payload),
+            qos,
+            retain: false,
+            origin_client: String::new(),
+            expires_at_unix_ms: None,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }
+    }
+
+    fn seqs(batch: &ForwardBatch) -> Vec<u64> {
+        batch.messages.iter().map(|m| m.seq).collect()
+    }
+
+    fn up(limits: OutboundLimits) -> Outbound {
+        let mut out = Outbound::new(1, 7, limits);
+        out.on_link_up();
+        out
+    }
+
+    fn push_all(out: &mut Outbound, qos: &[u8]) {
+        let now = Instant::now();
+        for &q in qos {
+            assert!(matches!(
+                out.push(msg(q, b"x"), None, now),
+                PushOutcome::Queued { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn nothing_is_sent_while_the_link_is_down() {
+        let mut out = Outbound::new(1, 7, OutboundLimits::default());
+        push_all(&mut out, &[1]);
+        assert!(out.next_batch(10, 1 << 20).is_none());
+        out.on_link_up();
+        let batch = out.next_batch(10, 1 << 20).expect("batch");
+        assert_eq!(
+            (batch.origin, batch.link_epoch, seqs(&batch)),
+            (1, 7, vec![1])
+        );
+    }
+
+    #[test]
+    fn batches_respect_limits_but_carry_at_least_one_message() {
+        let mut out = up(OutboundLimits::default());
+        push_all(&mut out, &[0, 1, 2, 0, 1]);
+        assert_eq!(seqs(&out.next_batch(2, 1 << 20).expect("batch")), [1, 2]);
+        assert_eq!(seqs(&out.next_batch(10, 1).expect("batch")), [3]);
+        assert_eq!(seqs(&out.next_batch(10, 1 << 20).expect("batch")), [4, 5]);
+        assert!(out.next_batch(10, 1 << 20).is_none());
+        // QoS 0 forgotten, QoS 1/2 held.
+        assert_eq!((out.unacked_len(), out.backlog_len()), (3, 3));
+    }
+
+    #[test]
+    fn acks_release_and_reconnects_resend_in_order() {
+        let mut out = up(OutboundLimits::default());
+        push_all(&mut out, &[1, 0, 1, 2, 1]);
+        let _ = out.next_batch(4, 1 << 20);
+        out.on_ack(ForwardAck {
+            link_epoch: 7,
+            up_to: 1,
+        });
+        assert_eq!(out.unacked_len(), 2); // 3 and 4
+        push_all(&mut out, &[0]);
+        out.on_link_down();
+        out.on_link_up();
+        let batch = out.next_batch(10, 1 << 20).expect("batch");
+        assert_eq!(seqs(&batch), [3, 4, 5, 6]);
+        assert_eq!(out.resent_total(), 2);
+    }
+
+    #[test]
+    fn acks_arriving_after_the_link_dropped_still_release() {
+        let mut out = up(OutboundLimits::default());
+        push_all(&mut out, &[1, 1, 1]);
+        let _ = out.next_batch(10, 1 << 20);
+        out.on_link_down();
+        out.on_ack(ForwardAck {
+            link_epoch: 7,
+            up_to: 2,
+        });
+        out.on_link_up();
+        assert_eq!(seqs(&out.next_batch(10, 1 << 20).expect("batch")), [3]);
+        assert_eq!(out.resent_total(), 1);
+    }
+
+    #[test]
+    fn acks_of_another_epoch_or_beyond_what_was_sent_do_not_release() {
+        let mut out = up(OutboundLimits::default());
+        push_all(&mut out, &[1, 1]);
+        let _ = out.next_batch(1, 1 << 20);
+        out.on_ack(ForwardAck {
+            link_epoch: 6,
+            up_to: 100,
+        });
+        assert_eq!((out.unacked_len(), out.ignored_acks()), (1, 1));
+        out.on_ack(ForwardAck {
+            link_epoch: 7,
+            up_to: u64::MAX,
+        });
+        // Seq 2 was never sent, so it is still waiting.
+        assert_eq!((out.unacked_len(), out.pending_len()), (0, 1));
+    }
+
+    #[test]
+    fn a_full_backlog_evicts_the_oldest_qos0_then_refuses() {
+        let limits = OutboundLimits {
+            max_backlog_messages: 3,
+            ..OutboundLimits::default()
+        };
+        let mut out = up(limits);
+        let now = Instant::now();
+        push_all(&mut out, &[1, 0, 0]);
+        assert_eq!(
+            out.push(msg(1, b"x"), None, now),
+            PushOutcome::Queued { seq: 4, evicted: 1 }
+        );
+        assert_eq!(
+            out.push(msg(0, b"x"), None, now),
+            PushOutcome::Queued { seq: 5, evicted: 1 }
+        );
+        assert_eq!(
+            out.push(msg(2, b"x"), None, now),
+            PushOutcome::Queued { seq: 6, evicted: 1 }
+        );
+        // Full of QoS 1/2 messages: the new one is refused, even at QoS 0.
+        assert_eq!(
+            out.push(msg(0, b"x"), None, now),
+            PushOutcome::Refused(DropReason::BacklogFull)
+        );
+        let batch = out.next_batch(10, 1 << 20).expect("batch");
+        assert_eq!(seqs(&batch), [1, 4, 6]); // the oldest QoS 0 went first each time
+        assert_eq!(
+            out.drop_counts(),
+            DropCounts {
+                evicted_qos0: 3,
+                backlog_full: 1,
+                too_large: 0
+            }
+        );
+        assert_eq!(out.overflow_dropped(), 4);
+        assert_eq!(out.backlog_len(), 3);
+    }
+
+    #[test]
+    fn byte_limit_counts_and_refuses_oversized_messages() {
+        let one = approx_size(&msg(0, &[0; 100]), None);
+        let limits = OutboundLimits {
+            max_backlog_messages: 100,
+            max_backlog_bytes: one * 2,
+        };
+        let mut out = up(limits);
+        let now = Instant::now();
+        for _ in 0..3 {
+            let outcome = out.push(msg(0, &[0; 100]), None, now);
+            assert!(matches!(outcome, PushOutcome::Queued { .. }));
+        }
+        assert_eq!((out.backlog_len(), out.backlog_bytes()), (2, one * 2));
+        assert_eq!(
+            out.push(msg(1, &[0; 10_000]), None, now),
+            PushOutcome::Refused(DropReason::TooLarge)
+        );
+        // Refusing does not evict anything.
+        assert_eq!(out.drop_counts().evicted_qos0, 1);
+        assert_eq!(out.backlog_len(), 2);
+    }
+
+    #[test]
+    fn oldest_age_follows_the_oldest_held_message() {
+        let mut out = up(OutboundLimits::default());
+        let t0 = Instant::now();
+        assert_eq!(out.oldest_age(t0), None);
+        out.push(msg(1, b"a"), None, t0);
+        out.push(msg(1, b"b"), None, t0 + Duration::from_secs(1));
+        let _ = out.next_batch(1, 1 << 20);
+        assert_eq!(
+            out.oldest_age(t0 + Duration::from_secs(3)),
+            Some(Duration::from_secs(3))
+        );
+        out.on_ack(ForwardAck {
+            link_epoch: 7,
+            up_to: 1,
+        });
+        assert_eq!(
+            out.oldest_age(t0 + Duration::from_secs(3)),
+            Some(Duration::from_secs(2))
+        );
+    }
+}

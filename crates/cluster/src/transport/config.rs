@@ -1,0 +1,159 @@
+//! Settings of the node-to-node transport. The defaults suit links across regions: a
+//! keep-alive well inside the idle timeout (the lower of the two peers' idle timeouts wins,
+//! and quinn sends no keep-alives by default), and flow-control windows larger than
+//! quinn's LAN-sized defaults. Durations are in milliseconds so they read plainly in TOML
+//! and environment variables.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, VarInt};
+use serde::{Deserialize, Serialize};
+
+use super::envelope::DEFAULT_MAX_FRAME_LEN;
+use super::TransportError;
+
+/// Congestion controller of every link. quinn marks BBR experimental.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    #[default]
+    Cubic,
+    Bbr,
+    NewReno,
+}
+
+/// Tuning of the QUIC links and of the transport's own timeouts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// PING interval on an idle link; keeps NAT bindings and the idle timer alive.
+    pub keep_alive_interval_ms: u64,
+    /// A link with no traffic (keep-alives included) for this long is dead.
+    pub max_idle_timeout_ms: u64,
+    /// Bound on the QUIC handshake plus the Hello exchange of a new link.
+    pub handshake_timeout_ms: u64,
+    /// Per-stream receive window, bytes: bandwidth x round trip of the slowest link.
+    pub stream_receive_window: u64,
+    /// Per-connection receive window, bytes (all streams of a link together).
+    pub receive_window: u64,
+    /// Per-connection send window, bytes.
+    pub send_window: u64,
+    pub congestion: Congestion,
+    /// Largest frame accepted or sent (length prefix excluded).
+    pub max_frame_len: u32,
+    /// Concurrent RPC streams a peer may open (Raft pipelines a few per peer).
+    pub max_concurrent_bidi_streams: u32,
+    /// Concurrent lane streams a peer may open.
+    pub max_concurrent_uni_streams: u32,
+    /// First redial delay after a failed dial; doubles up to `redial_max_backoff_ms`.
+    pub redial_initial_backoff_ms: u64,
+    pub redial_max_backoff_ms: u64,
+    /// Incoming lane frames queued for the consumer before lane streams stop being read
+    /// (and QUIC flow control pushes back on the senders).
+    pub incoming_frames_capacity: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval_ms: 5_000,
+            max_idle_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+            stream_receive_window: 8 * 1024 * 1024,
+            receive_window: 32 * 1024 * 1024,
+            send_window: 32 * 1024 * 1024,
+            congestion: Congestion::Cubic,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_concurrent_bidi_streams: 256,
+            max_concurrent_uni_streams: 64,
+            redial_initial_backoff_ms: 100,
+            redial_max_backoff_ms: 10_000,
+            incoming_frames_capacity: 4096,
+        }
+    }
+}
+
+impl TransportConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn redial_initial_backoff(&self) -> Duration {
+        Duration::from_millis(self.redial_initial_backoff_ms.max(1))
+    }
+
+    pub fn redial_max_backoff(&self) -> Duration {
+        Duration::from_millis(
+            self.redial_max_backoff_ms
+                .max(self.redial_initial_backoff_ms)
+                .max(1),
+        )
+    }
+
+    /// quinn's transport config from these settings; an out-of-range value names its key.
+    pub fn to_quinn(&self) -> Result<quinn::TransportConfig, TransportError> {
+        let bad = |key: &str, why: &str| TransportError::Config(format!("{key}: {why}"));
+        let varint =
+            |key: &str, v: u64| VarInt::from_u64(v).map_err(|_| bad(key, "value too large"));
+        if self.keep_alive_interval_ms == 0
+            || self.keep_alive_interval_ms >= self.max_idle_timeout_ms
+        {
+            return Err(bad(
+                "keep_alive_interval_ms",
+                "must be above 0 and below max_idle_timeout_ms",
+            ));
+        }
+        if self.max_frame_len == 0 {
+            return Err(bad("max_frame_len", "must be above 0"));
+        }
+        if self.incoming_frames_capacity == 0 {
+            return Err(bad("incoming_frames_capacity", "must be above 0"));
+        }
+        let idle = IdleTimeout::try_from(Duration::from_millis(self.max_idle_timeout_ms))
+            .map_err(|_| bad("max_idle_timeout_ms", "value too large"))?;
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)))
+            .max_idle_timeout(Some(idle))
+            .stream_receive_window(varint("stream_receive_window", self.stream_receive_window)?)
+            .receive_window(varint("receive_window", self.receive_window)?)
+            .send_window(self.send_window)
+            .max_concurrent_bidi_streams(self.max_concurrent_bidi_streams.into())
+            .max_concurrent_uni_streams(self.max_concurrent_uni_streams.into());
+        match self.congestion {
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(
+                quinn::congestion::NewRenoConfig::default(),
+            )),
+        };
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_build_and_bad_values_name_their_key() {
+        TransportConfig::default().to_quinn().expect("defaults");
+        for congestion in [Congestion::Cubic, Congestion::Bbr, Congestion::NewReno] {
+            let c = TransportConfig {
+                congestion,
+                ..Default::default()
+            };
+            c.to_quinn().expect("congestion");
+        }
+        let bad = TransportConfig {
+            keep_alive_interval_ms: 60_000,
+            ..Default::default()
+        };
+        let err = bad.to_quinn().expect_err("keep-alive above idle");
+        assert!(err.to_string().contains("keep_alive_interval_ms"), "{err}");
+    }
+}
