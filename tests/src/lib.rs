@@ -6,6 +6,7 @@
 //! the real `tern` binary) are wrapped in [`ChildGuard`], which kills them on drop.
 
 pub mod clients;
+pub mod cluster;
 pub mod external;
 pub mod process;
 pub mod relay;

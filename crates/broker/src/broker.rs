@@ -632,9 +632,40 @@ impl Broker {
         }
     }
 
-    /// Delivers a message to this node's subscribers only (a message forwarded from
-    /// another node arrives here). Returns how many sessions it reached.
+    /// Delivers a message published on this node to this node's subscribers. Shared
+    /// groups are served here only when the cluster does not pick among nodes for them.
+    /// Returns how many sessions it reached.
     pub fn deliver_local(&self, message: &Arc<Message>) -> usize {
+        self.deliver(message, !self.cluster.shares_across_nodes())
+    }
+
+    /// Delivers a message forwarded from another node: to plain subscriptions only, since
+    /// the origin node chose the shared-group member (see [`Broker::deliver_shared`]).
+    pub fn deliver_forwarded(&self, message: &Arc<Message>) -> usize {
+        self.deliver(message, false)
+    }
+
+    /// Delivers to one local member of `$share/{group}/{filter}`; false if this node has
+    /// none (any more).
+    pub fn deliver_shared(&self, message: &Arc<Message>, group: &str, filter: &str) -> bool {
+        let member = {
+            let shared = self.shared.read();
+            shared
+                .pick(group, filter, |m: &SharedMember| m.slot.0.is_online())
+                .or_else(|| shared.pick(group, filter, |_| true))
+        };
+        let Some(member) = member else { return false };
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: message.qos.min(member.qos),
+            retain: false,
+            subscription_ids: member.identifier.into_iter().collect(),
+        };
+        self.deliver_to(&member.slot.0, delivery);
+        true
+    }
+
+    fn deliver(&self, message: &Arc<Message>, include_shared: bool) -> usize {
         let mut targets: Vec<(SlotKey, Delivery)> = Vec::new();
         {
             let tree = self.subscriptions.read();
@@ -656,7 +687,7 @@ impl Broker {
         if targets.len() > 1 {
             merge_overlapping(&mut targets);
         }
-        {
+        if include_shared {
             let shared = self.shared.read();
             shared.for_each_matching_group(&message.topic, |group, filter| {
                 if let Some(member) = shared

@@ -32,6 +32,12 @@ pub trait Cluster: Send + Sync + 'static {
     /// not have: if another node has it, the cluster takes it from there (that node
     /// disconnects its client) and hands it back. Only that case waits for anything.
     fn claim(&self, client_id: &str, want_session: bool) -> SessionFuture;
+    /// Whether the cluster picks the node for each shared-group delivery (then the
+    /// broker leaves shared groups to `forward`, which calls
+    /// [`Broker::deliver_shared`](crate::Broker::deliver_shared) for local picks).
+    fn shares_across_nodes(&self) -> bool {
+        false
+    }
 }
 
 /// A node on its own: nothing to tell anyone.

@@ -5,6 +5,7 @@
 
 pub mod forward;
 pub mod handover;
+pub mod node;
 pub mod raft_types;
 pub mod routes;
 pub mod state;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use tern_broker::{Cluster, SingleNode};
 
+pub use node::{ClusterConfig, ClusterError, ClusterNode, ClusterStatus};
 pub use types::{Command, CommandResponse, NodeId, NodeInfo, RouteChange, WireMessage};
 
 /// The cluster hooks for a node that runs alone.

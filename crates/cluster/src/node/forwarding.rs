@@ -1,0 +1,189 @@
+//! Forwarding's I/O: one sender task per peer drains that peer's `Outbound` onto an
+//! ordered lane; the receiver dedups per origin, delivers locally and acknowledges.
+//! Frames carry a one-byte tag: a batch on lane 0, an ack on lane 1.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use super::core::Inner;
+use crate::forward::{ForwardAck, ForwardBatch, Inbound, Outbound, OutboundLimits, SharedTarget};
+use crate::types::{NodeId, WireMessage};
+
+const DATA_LANE: u8 = 0;
+const ACK_LANE: u8 = 1;
+const TAG_BATCH: u8 = 0;
+const TAG_ACK: u8 = 1;
+const BATCH_MESSAGES: usize = 512;
+const BATCH_BYTES: usize = 1024 * 1024;
+
+pub(crate) struct PeerLink {
+    pub outbound: Mutex<Outbound>,
+    pub wake: Notify,
+}
+
+fn tagged(tag: u8, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(body.len() + 1);
+    b.put_u8(tag);
+    b.put_slice(body);
+    b.freeze()
+}
+
+/// The peer's link, created (with its sender task) on first use.
+pub(crate) fn peer(inner: &Arc<Inner>, node: NodeId) -> Arc<PeerLink> {
+    if let Some(p) = inner.peers.lock().get(&node) {
+        return p.clone();
+    }
+    let limits = OutboundLimits {
+        max_backlog_messages: inner.config.forward_backlog_messages,
+        max_backlog_bytes: inner.config.forward_backlog_bytes,
+    };
+    let link = Arc::new(PeerLink {
+        outbound: Mutex::new(Outbound::new(inner.id, inner.link_epoch, limits)),
+        wake: Notify::new(),
+    });
+    let mut peers = inner.peers.lock();
+    let link = peers.entry(node).or_insert(link).clone();
+    drop(peers);
+    if let Some(info) = inner.member_info(node) {
+        if let Ok(addr) = info.cluster_addr.parse() {
+            if inner.transport.link(node).is_none() {
+                let _ = inner.transport.add_peer(node, addr);
+            }
+        }
+    }
+    tokio::spawn(send_loop(Arc::downgrade(inner), node, link.clone()));
+    link
+}
+
+/// Queues a message for `node`.
+pub(crate) fn push(
+    inner: &Arc<Inner>,
+    node: NodeId,
+    message: WireMessage,
+    shared: Option<SharedTarget>,
+) {
+    let link = peer(inner, node);
+    let outcome = link.outbound.lock().push(message, shared, Instant::now());
+    if let crate::forward::PushOutcome::Refused(reason) = outcome {
+        debug!(peer = node, ?reason, "forward backlog refused a message");
+    }
+    link.wake.notify_one();
+}
+
+async fn send_loop(weak: Weak<Inner>, node: NodeId, link: Arc<PeerLink>) {
+    let mut seen_links = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if *inner.shutdown.borrow() {
+            return;
+        }
+        // A new link (first, or after a drop) means: resend what was not acknowledged.
+        let status = inner.transport.link(node);
+        let connected = status.as_ref().is_some_and(|s| s.connected);
+        let established = status.as_ref().map(|s| s.links_established);
+        if connected && established != seen_links {
+            let mut out = link.outbound.lock();
+            if seen_links.is_some() || out.is_link_up() {
+                out.on_link_down();
+            }
+            out.on_link_up();
+            seen_links = established;
+        } else if !connected && link.outbound.lock().is_link_up() {
+            link.outbound.lock().on_link_down();
+        }
+        if connected {
+            let sender = inner.transport.send_stream(node, DATA_LANE);
+            loop {
+                let batch = link.outbound.lock().next_batch(BATCH_MESSAGES, BATCH_BYTES);
+                let Some(batch) = batch else { break };
+                let frame = match batch.encode() {
+                    Ok(body) => tagged(TAG_BATCH, &body),
+                    Err(e) => {
+                        warn!(peer = node, error = %e, "forward batch not encodable");
+                        continue;
+                    }
+                };
+                if sender.send(frame).await.is_err() {
+                    link.outbound.lock().on_link_down();
+                    seen_links = None;
+                    break;
+                }
+            }
+        }
+        drop(inner);
+        // Woken for new messages; the tick notices link changes and acks.
+        let _ = tokio::time::timeout(Duration::from_millis(100), link.wake.notified()).await;
+    }
+}
+
+/// Reads every frame other nodes send on lanes.
+pub(crate) fn start_receiving(inner: &Arc<Inner>) {
+    let Some(mut frames) = inner.transport.take_incoming() else {
+        return;
+    };
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        while let Some(frame) = frames.recv().await {
+            let Some(inner) = weak.upgrade() else { return };
+            let Some((&tag, body)) = frame.frame.split_first() else {
+                continue;
+            };
+            match tag {
+                TAG_BATCH => receive_batch(&inner, frame.from, body).await,
+                TAG_ACK => match ForwardAck::decode(body) {
+                    Ok(ack) => {
+                        if let Some(p) = inner.peers.lock().get(&frame.from) {
+                            p.outbound.lock().on_ack(ack);
+                        }
+                    }
+                    Err(e) => warn!(peer = frame.from, error = %e, "bad forward ack"),
+                },
+                other => warn!(peer = frame.from, tag = other, "unknown frame on a lane"),
+            }
+        }
+    });
+}
+
+async fn receive_batch(inner: &Arc<Inner>, from: NodeId, body: &[u8]) {
+    let batch = match ForwardBatch::decode(body) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(peer = from, error = %e, "bad forward batch");
+            return;
+        }
+    };
+    let (deliver, ack) = {
+        let mut inbound = inner.inbound.lock();
+        let origin = inbound.entry(from).or_insert_with(|| Inbound::new(from));
+        origin.accept(batch)
+    };
+    if let Some(broker) = inner.broker() {
+        for forwarded in deliver {
+            let message = Arc::new(forwarded.message.to_message());
+            match forwarded.shared {
+                Some(target) => {
+                    broker.deliver_shared(&message, &target.group, &target.filter);
+                }
+                None => {
+                    broker.deliver_forwarded(&message);
+                }
+            }
+        }
+    }
+    if let Some(ack) = ack {
+        if let Ok(body) = ack.encode() {
+            let sender = inner.transport.send_stream(from, ACK_LANE);
+            if sender.send(tagged(TAG_ACK, &body)).await.is_err() {
+                debug!(
+                    peer = from,
+                    "ack not sent; the peer resends after reconnecting"
+                );
+            }
+        }
+    }
+}

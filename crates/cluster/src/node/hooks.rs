@@ -1,0 +1,132 @@
+//! The broker's `Cluster` hooks for a clustered node.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tern_broker::cluster::SessionFuture;
+use tern_broker::{Cluster, Message};
+
+use super::core::{take_session, Inner};
+use super::forwarding;
+use crate::forward::SharedTarget;
+use crate::state::pick_weighted;
+use crate::types::{Command, WireMessage};
+
+pub(crate) struct Hooks(pub Arc<Inner>);
+
+impl Cluster for Hooks {
+    fn route_added(&self, filter: &str) {
+        self.0.routes.lock().added(filter);
+        self.0.proposals_due.notify_one();
+    }
+
+    fn route_removed(&self, filter: &str) {
+        self.0.routes.lock().removed(filter);
+        self.0.proposals_due.notify_one();
+    }
+
+    fn shared_members(&self, group: &str, filter: &str, members: usize) {
+        self.0.routes.lock().shared_members(group, filter, members);
+        self.0.proposals_due.notify_one();
+    }
+
+    fn forward(&self, message: &Arc<Message>) {
+        let inner = &self.0;
+        let mut nodes = Vec::new();
+        let mut shared = Vec::new();
+        {
+            let state = inner.state.read();
+            state.nodes_for_topic(&message.topic, inner.id, |n| nodes.push(n));
+            state.shared_groups_for_topic(&message.topic, |group, filter, members| {
+                let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
+                if let Some(node) = pick_weighted(members, ticket) {
+                    let others: Vec<_> = members
+                        .iter()
+                        .filter(|(n, _)| *n != inner.id)
+                        .copied()
+                        .collect();
+                    shared.push((group.to_string(), filter.to_string(), node, others));
+                }
+            });
+        }
+        if nodes.is_empty() && shared.is_empty() {
+            return;
+        }
+        let wire = WireMessage::from_message(message);
+        for node in nodes {
+            forwarding::push(inner, node, wire.clone(), None);
+        }
+        for (group, filter, node, others) in shared {
+            let mut target = Some(node);
+            if node == inner.id {
+                let delivered = inner
+                    .broker()
+                    .is_some_and(|b| b.deliver_shared(message, &group, &filter));
+                // Picked here but no local member is left: another node's member takes it.
+                let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
+                target = if delivered {
+                    None
+                } else {
+                    pick_weighted(&others, ticket)
+                };
+            }
+            if let Some(node) = target {
+                forwarding::push(
+                    inner,
+                    node,
+                    wire.clone(),
+                    Some(SharedTarget { group, filter }),
+                );
+            }
+        }
+    }
+
+    fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
+        let inner = self.0.clone();
+        let command = Command::Retain {
+            topic: topic.to_string(),
+            message: message.map(|m| WireMessage::from_message(m)),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = inner.propose(command).await {
+                tracing::warn!(error = %e, "retained message not replicated");
+            }
+        });
+    }
+
+    fn claim(&self, client_id: &str, want_session: bool) -> SessionFuture {
+        let inner = self.0.clone();
+        let owner = inner.state.read().claim(client_id).map(|c| c.node);
+        match owner {
+            // Connected (or kept offline) elsewhere: that node must give the client up,
+            // and the log's order decides. Only this case waits.
+            Some(node) if node != inner.id => {
+                let client_id = client_id.to_string();
+                Box::pin(async move {
+                    let command = Command::Claim {
+                        client_id: client_id.clone(),
+                        node: inner.id,
+                    };
+                    if let Err(e) = inner.propose(command).await {
+                        tracing::warn!(client_id, error = %e, "claim not committed");
+                        return None;
+                    }
+                    if want_session {
+                        take_session(&inner, &client_id, node).await
+                    } else {
+                        None
+                    }
+                })
+            }
+            _ => {
+                inner.pending_claims.lock().push(client_id.to_string());
+                inner.proposals_due.notify_one();
+                Box::pin(std::future::ready(None))
+            }
+        }
+    }
+
+    fn shares_across_nodes(&self) -> bool {
+        true
+    }
+}
