@@ -476,3 +476,250 @@ async fn passwd_prints_an_argon2id_hash_that_verifies() {
         AuthOutcome::BadCredentials
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_writes_a_local_cluster_set_and_refuses_to_overwrite_it() {
+    let dir = unique_temp_dir("tern-cert");
+    let certs = dir.join("certs");
+    let cert = |force: bool| {
+        let mut cmd = tern_command();
+        cmd.args(["cert", "--nodes", "0,1,2", "--dir"]).arg(&certs);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd
+    };
+    let out = run(&mut cert(false), Duration::from_secs(30)).await;
+    assert!(out.success(), "tern cert\n{}", out.describe());
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "node-0.pem",
+        "node-0.key",
+        "node-1.pem",
+        "node-1.key",
+        "node-2.pem",
+        "node-2.key",
+    ] {
+        let path = certs.join(name);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            text.contains("-----BEGIN "),
+            "{} should hold PEM\n{}",
+            path.display(),
+            out.describe()
+        );
+        assert!(
+            out.stdout.contains(name),
+            "stdout should list {name}\n{}",
+            out.describe()
+        );
+    }
+    for key in [
+        "cluster.tls.ca_cert",
+        "cluster.tls.node_cert",
+        "cluster.tls.node_key",
+    ] {
+        assert!(
+            out.stdout.contains(key),
+            "stdout should name {key}\n{}",
+            out.describe()
+        );
+    }
+    let before = std::fs::read_to_string(certs.join("ca.pem")).unwrap();
+
+    let again = run(&mut cert(false), Duration::from_secs(30)).await;
+    assert_eq!(
+        again.code(),
+        Some(1),
+        "second tern cert\n{}",
+        again.describe()
+    );
+    assert!(
+        again.stderr.contains("--force") && again.stderr.contains("already exists"),
+        "{}",
+        again.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(certs.join("ca.pem")).unwrap(),
+        before,
+        "nothing is overwritten without --force"
+    );
+
+    let forced = run(&mut cert(true), Duration::from_secs(30)).await;
+    assert!(forced.success(), "tern cert --force\n{}", forced.describe());
+    assert_ne!(
+        std::fs::read_to_string(certs.join("ca.pem")).unwrap(),
+        before,
+        "--force writes a new CA"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_commands_against_a_single_node_exit_1_with_the_reason() {
+    let served = serve(false, &[]).await;
+    let http = served.http.to_string();
+    for args in [
+        vec!["cluster", "status", "--http", &http],
+        vec!["cluster", "status", "--json", "--http", &http],
+        vec!["cluster", "leave", "--http", &http],
+        vec!["cluster", "remove", "3", "--http", &http],
+    ] {
+        let mut cmd = tern_command();
+        cmd.args(&args);
+        let out = run(&mut cmd, Duration::from_secs(30)).await;
+        assert_eq!(out.code(), Some(1), "tern {args:?}\n{}", out.describe());
+        assert!(
+            out.stderr.contains("clustering is not enabled") && out.stderr.contains("404"),
+            "tern {args:?} should say why\n{}",
+            out.describe()
+        );
+    }
+
+    let closed = format!("127.0.0.1:{}", free_port());
+    let mut cmd = tern_command();
+    cmd.args(["cluster", "status", "--http", &closed]);
+    let out = run(&mut cmd, Duration::from_secs(30)).await;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("cannot reach") && out.stderr.contains(&closed),
+        "{}",
+        out.describe()
+    );
+}
+
+/// Three `tern serve` processes on 127.0.0.1 with certificates from `tern cert`: node 0
+/// bootstraps, 1 and 2 join through it; all become ready, and `tern cluster status`
+/// shows three members and a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_form_a_cluster() {
+    let dir = unique_temp_dir("tern-cluster3");
+    let certs = dir.join("certs");
+    let mut cmd = tern_command();
+    cmd.args(["cert", "--nodes", "0,1,2", "--dir"]).arg(&certs);
+    let out = run(&mut cmd, Duration::from_secs(30)).await;
+    assert!(out.success(), "tern cert\n{}", out.describe());
+
+    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for id in 0..3u16 {
+        let node_dir = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = tern_std_command();
+        cmd.arg("serve")
+            .args(["--cluster", "--node-id", &id.to_string()])
+            .args([
+                "--cluster-listen",
+                &format!("127.0.0.1:{}", cluster_ports[usize::from(id)]),
+            ])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--mqtt-listen", &mqtt.to_string()])
+            .arg("--data-dir")
+            .arg(node_dir.join("data"))
+            .arg("--set")
+            .arg(format!(
+                "cluster.tls.ca_cert={}",
+                certs.join("ca.pem").display()
+            ))
+            .arg("--set")
+            .arg(format!(
+                "cluster.tls.node_cert={}",
+                certs.join(format!("node-{id}.pem")).display()
+            ))
+            .arg("--set")
+            .arg(format!(
+                "cluster.tls.node_key={}",
+                certs.join(format!("node-{id}.key")).display()
+            ))
+            .args(["--set", "node.shutdown_grace_secs=2"]);
+        if id > 0 {
+            cmd.args(["--seeds", &format!("0@127.0.0.1:{}", cluster_ports[0])]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(node_dir.join("stdout.log")).expect("log file"))
+            .stderr(File::create(node_dir.join("stderr.log")).expect("log file"));
+        let guard = ChildGuard::spawn(&mut cmd).expect("spawn tern serve");
+        nodes.push(Served {
+            guard,
+            mqtt,
+            http,
+            dir: node_dir,
+        });
+    }
+    let logs = |nodes: &[Served]| {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("=== node {i} ===\n{}", n.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    for (id, node) in nodes.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if matches!(http_get(node.http, "/readyz").await, Some((200, _))) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} not ready within 60 s\n{}",
+                logs(&nodes)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // Every node reports the same membership; wait for the last join to be applied.
+    for node in &nodes {
+        let http = node.http.to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut cmd = tern_command();
+            cmd.args(["cluster", "status", "--json", "--http", &http]);
+            let out = run(&mut cmd, Duration::from_secs(30)).await;
+            let members = out.stdout.matches("\"role\":").count();
+            let leader = out
+                .stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with("\"leader\":"))
+                .map(|l| !l.contains("null"));
+            if out.success() && members == 3 && leader == Some(true) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status of {http} should show 3 members and a leader\n{}\n{}",
+                out.describe(),
+                logs(&nodes)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    let mut cmd = tern_command();
+    cmd.args(["cluster", "status", "--http", &nodes[1].http.to_string()]);
+    let table = run(&mut cmd, Duration::from_secs(30)).await;
+    assert!(
+        table.success() && table.stdout.contains("Members: 3") && table.stdout.contains("leader"),
+        "{}",
+        table.describe()
+    );
+
+    for node in &nodes {
+        send_signal(node.pid(), "TERM");
+    }
+    for (id, node) in nodes.iter_mut().enumerate() {
+        let status = node.wait_exit(Duration::from_secs(20)).await;
+        assert!(
+            status.is_some_and(|s| s.code() == Some(0)),
+            "node {id} should exit 0 on SIGTERM, got {status:?}\n{}",
+            node.log()
+        );
+    }
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(dir);
+}

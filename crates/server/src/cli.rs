@@ -1,4 +1,5 @@
-//! The command line: `tern serve`, `tern passwd`, `tern config show`, `tern version`.
+//! The command line: `tern serve`, `tern passwd`, `tern config show`, `tern cluster ...`,
+//! `tern cert`, `tern bench`, `tern version`.
 //!
 //! Exit codes: 0 success; 1 the node failed at run time (a port in use, an unwritable data
 //! directory); 2 bad usage or bad configuration, with the reason on stderr.
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cluster_cmd::{self, Action};
 use crate::config::{self, Config, Overrides};
 use crate::{logging, node, passwd, shutdown};
 
@@ -54,6 +56,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Inspect or change the cluster through a node's HTTP API.
+    #[command(arg_required_else_help = true)]
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Write a cluster CA and node certificates for a local or test cluster.
+    Cert {
+        /// Directory to write `ca.pem`, `ca.key`, `node-<id>.pem` and `node-<id>.key` to.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Node ids to issue certificates for, e.g. `0,1,2`.
+        #[arg(long, value_name = "IDS", value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+        /// Replace certificates already in DIR.
+        #[arg(long)]
+        force: bool,
+    },
     /// Load-test an MQTT broker (Tern or any other): fan-in, fan-out, pairs, shared.
     Bench(tern_bench::BenchArgs),
     /// Print the version.
@@ -68,6 +88,37 @@ pub enum ConfigCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show members, regions, roles, the leader, Raft progress and the links to peers.
+    Status {
+        #[command(flatten)]
+        http: HttpArg,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the node leave the cluster gracefully (clients move, routes are withdrawn).
+    Leave {
+        #[command(flatten)]
+        http: HttpArg,
+    },
+    /// Remove another (typically dead) node from the cluster.
+    Remove {
+        /// The node id to remove.
+        id: u64,
+        #[command(flatten)]
+        http: HttpArg,
+    },
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct HttpArg {
+    /// The node's HTTP address (`http.listen`).
+    #[arg(long = "http", value_name = "ADDR", default_value = cluster_cmd::DEFAULT_HTTP)]
+    pub addr: String,
 }
 
 /// Where the configuration comes from, besides the `TERN_...` environment.
@@ -92,6 +143,25 @@ pub struct ConfigArgs {
     /// Shorthand for `--set log.level=FILTER`.
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Shorthand for `--set cluster.enabled=true`.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Shorthand for `--set cluster.node_id=N`.
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<String>,
+    /// Shorthand for `--set cluster.listen=ADDR` (QUIC, UDP).
+    #[arg(long, value_name = "ADDR")]
+    pub cluster_listen: Option<String>,
+    /// Shorthand for `--set cluster.advertise=HOST:PORT`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Shorthand for `--set cluster.region=R`.
+    #[arg(long, value_name = "R")]
+    pub region: Option<String>,
+    /// Shorthand for `cluster.seeds`: members to join through, comma-separated, each
+    /// `ID@host:port` or a StatefulSet pod's `name-N...:port`.
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub seeds: Option<String>,
 }
 
 impl ConfigArgs {
@@ -103,6 +173,12 @@ impl ConfigArgs {
             http_listen: self.http_listen.clone(),
             data_dir: self.data_dir.clone(),
             log_level: self.log_level.clone(),
+            cluster: self.cluster,
+            node_id: self.node_id.clone(),
+            cluster_listen: self.cluster_listen.clone(),
+            advertise: self.advertise.clone(),
+            region: self.region.clone(),
+            seeds: self.seeds.clone(),
         }
     }
 }
@@ -125,6 +201,16 @@ where
             println!("tern {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Cluster { command } => match command {
+            ClusterCommand::Status { http, json } => {
+                cluster_cmd::run(&http.addr, Action::Status { json })
+            }
+            ClusterCommand::Leave { http } => cluster_cmd::run(&http.addr, Action::Leave),
+            ClusterCommand::Remove { id, http } => {
+                cluster_cmd::run(&http.addr, Action::Remove { id })
+            }
+        },
+        Command::Cert { dir, nodes, force } => cluster_cmd::cert(&dir, &nodes, force),
         Command::Passwd { password, username } => run_passwd(password, username.as_deref()),
         // The bench prints its own progress, summary and JSON; a failed run (QoS 1/2 loss,
         // a client that died) exits 1.
@@ -153,12 +239,27 @@ where
                 .iter()
                 .find(|(name, _)| name == "RUST_LOG")
                 .map(|(_, value)| value.clone());
+            let hostname = hostname(&env);
             match load(&config, env) {
-                Ok(config) => serve(config, rust_log),
+                Ok(config) => serve(config, rust_log, hostname),
                 Err(code) => code,
             }
         }
     }
+}
+
+/// The host name that names a clustered node without `cluster.node_id`: `HOSTNAME` (set
+/// in every Kubernetes pod), else /etc/hostname, else empty.
+fn hostname(env: &[(String, String)]) -> String {
+    env.iter()
+        .find(|(name, value)| name == "HOSTNAME" && !value.trim().is_empty())
+        .map(|(_, value)| value.trim().to_string())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|text| text.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 fn load(args: &ConfigArgs, env: Vec<(String, String)>) -> Result<Config, ExitCode> {
@@ -189,7 +290,7 @@ fn run_passwd(password: Option<String>, username: Option<&str>) -> ExitCode {
 
 /// `tern serve`: start the node, run until SIGTERM or SIGINT, stop gracefully. A second
 /// signal during the graceful stop ends the process at once.
-fn serve(config: Config, rust_log: Option<String>) -> ExitCode {
+fn serve(config: Config, rust_log: Option<String>, hostname: String) -> ExitCode {
     if let Err(e) = logging::init(&config.log, rust_log) {
         eprintln!("tern: {e}");
         return ExitCode::from(USAGE_ERROR);
@@ -214,7 +315,7 @@ fn serve(config: Config, rust_log: Option<String>) -> ExitCode {
             }
         };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting tern");
-        let node = match node::start(config).await {
+        let node = match node::start_on_host(config, &hostname).await {
             Ok(node) => node,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -309,6 +410,60 @@ mod tests {
         assert_eq!(loaded.http.listen.to_string(), "127.0.0.1:9091");
         assert_eq!(loaded.node.data_dir, PathBuf::from("/var/lib/tern"));
         assert_eq!(loaded.log.level, "debug");
+    }
+
+    #[test]
+    fn cluster_and_cert_commands_parse() {
+        let cli = Cli::try_parse_from(["tern", "cluster", "status", "--json"]).unwrap();
+        let Command::Cluster {
+            command: ClusterCommand::Status { http, json },
+        } = cli.command
+        else {
+            panic!("not cluster status")
+        };
+        assert_eq!(
+            (http.addr.as_str(), json),
+            (cluster_cmd::DEFAULT_HTTP, true)
+        );
+        let cli = Cli::try_parse_from(["tern", "cluster", "remove", "4", "--http", "h:1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster {
+                command: ClusterCommand::Remove { id: 4, .. }
+            }
+        ));
+        assert!(Cli::try_parse_from(["tern", "cluster", "remove", "x"]).is_err());
+        let cli = Cli::try_parse_from(["tern", "cert", "--dir", "d", "--nodes", "0,1,2"]).unwrap();
+        let Command::Cert { nodes, force, .. } = cli.command else {
+            panic!("not cert")
+        };
+        assert_eq!((nodes, force), (vec![0, 1, 2], false));
+        assert!(Cli::try_parse_from(["tern", "cert", "--dir", "d"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "tern",
+            "serve",
+            "--cluster",
+            "--node-id",
+            "1",
+            "--seeds",
+            "a:1,b:2",
+            "--region",
+            "eu",
+        ])
+        .unwrap();
+        let Command::Serve { config, .. } = cli.command else {
+            panic!("not serve")
+        };
+        let overrides = config.overrides();
+        assert!(overrides.cluster);
+        assert_eq!(overrides.seeds.as_deref(), Some("a:1,b:2"));
+    }
+
+    #[test]
+    fn hostname_comes_from_the_environment_first() {
+        let env = vec![("HOSTNAME".to_string(), "tern-2\n".to_string())];
+        assert_eq!(hostname(&env), "tern-2");
     }
 
     #[test]

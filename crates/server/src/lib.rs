@@ -2,7 +2,9 @@
 //! (broker, MQTT listener, HTTP probes). End-to-end tests start nodes in-process with
 //! [`node::start`].
 
+pub mod admin_client;
 pub mod cli;
+pub mod cluster_cmd;
 pub mod config;
 pub mod http;
 pub mod listener;
@@ -10,6 +12,7 @@ pub mod logging;
 pub mod node;
 pub mod passwd;
 pub mod shutdown;
+pub mod status_view;
 
 pub use config::Config;
-pub use node::{start, RunningNode, StartError};
+pub use node::{start, start_on_host, RunningNode, StartError};

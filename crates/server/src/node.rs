@@ -1,5 +1,6 @@
-//! One running node: the broker, its MQTT listener and its HTTP endpoint. [`start`] is
-//! what `tern serve` runs and what end-to-end tests call, many times in one process.
+//! One running node: the broker, its MQTT listener, its HTTP endpoint and, when
+//! `cluster.enabled`, its membership of the cluster. [`start_on_host`] is what
+//! `tern serve` runs; end-to-end tests call it (or [`start`]) many times in one process.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_broker::{Broker, BrokerError};
+use tern_broker::{Broker, BrokerError, Cluster};
+use tern_cluster::{ClusterError, ClusterNode};
 
 use crate::config::Config;
 use crate::http::{self, Health};
@@ -28,6 +30,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Broker(#[from] BrokerError),
+    #[error("cannot start clustering (`cluster`): {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 impl StartError {
@@ -43,6 +47,8 @@ pub struct RunningNode {
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
     broker: Arc<Broker>,
+    cluster: Option<Arc<ClusterNode>>,
+    leave_on_shutdown: bool,
     health: Arc<Health>,
     grace: Duration,
     mqtt: AcceptLoop,
@@ -50,9 +56,15 @@ pub struct RunningNode {
     stopped: bool,
 }
 
-/// Creates the data directory, binds the MQTT and HTTP listeners, starts the broker and
-/// begins accepting connections.
+/// [`start_on_host`] without a host name: a clustered node then needs `cluster.node_id`.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    start_on_host(config, "").await
+}
+
+/// Creates the data directory, binds the MQTT and HTTP listeners, joins the cluster when
+/// `cluster.enabled` (`hostname` names the node when `cluster.node_id` is not set), starts
+/// the broker and begins accepting connections.
+pub async fn start_on_host(config: Config, hostname: &str) -> Result<RunningNode, StartError> {
     let data_dir = config.node.data_dir.clone();
     tokio::fs::create_dir_all(&data_dir)
         .await
@@ -60,12 +72,6 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             path: data_dir.clone(),
             error,
         })?;
-
-    let broker = Broker::new(
-        config.broker.clone(),
-        config.auth.clone(),
-        tern_cluster::single_node(),
-    )?;
 
     let bind = |key: &'static str, addr: SocketAddr| {
         let listener =
@@ -75,8 +81,32 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             .map_err(|error| StartError::Bind { key, addr, error })?;
         Ok::<_, StartError>((listener, local))
     };
+    // Bound before the cluster starts, so a port in use fails fast and leaves no
+    // half-joined node behind; nothing is accepted until the broker exists.
     let (mqtt_listener, mqtt_addr) = bind("mqtt.listen", config.mqtt.listen)?;
     let (http_listener, http_addr) = bind("http.listen", config.http.listen)?;
+
+    let cluster = if config.cluster.enabled {
+        Some(ClusterNode::start(config.cluster.clone(), &data_dir, hostname).await?)
+    } else {
+        None
+    };
+    let hooks: Arc<dyn Cluster> = match &cluster {
+        Some(cluster) => cluster.hooks(),
+        None => tern_cluster::single_node(),
+    };
+    let broker = match Broker::new(config.broker.clone(), config.auth.clone(), hooks) {
+        Ok(broker) => broker,
+        Err(e) => {
+            if let Some(cluster) = &cluster {
+                cluster.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(cluster) = &cluster {
+        cluster.attach_broker(&broker);
+    }
 
     broker.start_background_tasks();
 
@@ -91,7 +121,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         },
     );
 
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(cluster.clone()));
     let probes = health.clone();
     let http = AcceptLoop::spawn(
         "http",
@@ -104,7 +134,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     );
 
     // The MQTT socket is listening, so connections queue from now on; a single node
-    // needs nothing else to be ready.
+    // needs nothing else to be ready, a cluster member also has to join and catch up
+    // (`Health::is_ready` asks it).
     health.set_ready(true);
     tracing::info!(
         mqtt = %mqtt_addr,
@@ -113,11 +144,21 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         max_connections = config.mqtt.max_connections,
         "listening"
     );
+    if let Some(cluster) = &cluster {
+        tracing::info!(
+            node_id = cluster.node_id(),
+            cluster = %cluster.cluster_addr(),
+            seeds = ?config.cluster.seeds,
+            "cluster member started; ready once joined and caught up"
+        );
+    }
 
     Ok(RunningNode {
         mqtt_addr,
         http_addr,
         broker,
+        cluster,
+        leave_on_shutdown: config.cluster.leave_on_shutdown,
         health,
         grace: Duration::from_secs(config.node.shutdown_grace_secs),
         mqtt,
@@ -141,6 +182,11 @@ impl RunningNode {
         &self.broker
     }
 
+    /// The node's cluster membership, when `cluster.enabled`.
+    pub fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.cluster.as_ref()
+    }
+
     /// Counters of the MQTT listener (accepted, rejected over `max_connections`, ...).
     pub fn mqtt_counts(&self) -> ListenerCounts {
         self.mqtt.stats().counts()
@@ -151,12 +197,24 @@ impl RunningNode {
         self.health.is_ready()
     }
 
-    /// Graceful stop, as on SIGTERM: report not ready, stop accepting MQTT connections,
-    /// give the broker the grace period to disconnect its clients, end whatever is left,
-    /// and close the HTTP endpoint last. Both ports are closed when this returns.
+    /// Graceful stop, as on SIGTERM: report not ready, leave the cluster if
+    /// `cluster.leave_on_shutdown` (within the grace period), stop accepting MQTT
+    /// connections, give the broker the grace period to disconnect its clients, end
+    /// whatever is left, stop the cluster member, and close the HTTP endpoint last. Both
+    /// ports are closed when this returns.
     pub async fn shutdown(mut self) {
         tracing::info!(grace_secs = self.grace.as_secs(), "shutting down");
         self.health.set_ready(false);
+        if let (Some(cluster), true) = (&self.cluster, self.leave_on_shutdown) {
+            match tokio::time::timeout(self.grace, cluster.leave()).await {
+                Ok(Ok(())) => tracing::info!("left the cluster"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the cluster"),
+                Err(_) => tracing::warn!(
+                    grace_secs = self.grace.as_secs(),
+                    "leaving the cluster overran the grace period; stopping anyway"
+                ),
+            }
+        }
         self.mqtt.stop_accepting().await;
         if tokio::time::timeout(
             self.grace + SHUTDOWN_SLACK,
@@ -170,6 +228,14 @@ impl RunningNode {
             );
         }
         self.mqtt.stop().await;
+        if let Some(cluster) = &self.cluster {
+            if tokio::time::timeout(SHUTDOWN_SLACK + self.grace, cluster.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("stopping the cluster member overran its deadline");
+            }
+        }
         self.http.stop().await;
         self.stopped = true;
         tracing::info!("stopped");
@@ -183,7 +249,13 @@ impl Drop for RunningNode {
         if !self.stopped {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let broker = self.broker.clone();
-                runtime.spawn(async move { broker.shutdown(Duration::ZERO).await });
+                let cluster = self.cluster.clone();
+                runtime.spawn(async move {
+                    broker.shutdown(Duration::ZERO).await;
+                    if let Some(cluster) = cluster {
+                        cluster.shutdown().await;
+                    }
+                });
             }
         }
     }
@@ -363,6 +435,27 @@ mod tests {
         assert!(err.to_string().contains("a-file"), "{err}");
         assert!(err.to_string().contains("node.data_dir"), "{err}");
         first.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_cluster_that_cannot_start_is_a_clear_error_and_frees_the_ports() {
+        let dir = temp_dir("cluster-error");
+        let mut config = test_config(dir.clone());
+        config.cluster.enabled = true;
+        config.cluster.node_id = Some(0);
+        config.cluster.listen = "127.0.0.1:0".parse().unwrap();
+        config.cluster.tls.ca_cert = dir.join("missing/ca.pem");
+        let err = start(config.clone()).await.err().expect("no certificates");
+        assert!(err.to_string().contains("`cluster`"), "{err}");
+        assert!(!err.is_config_error());
+        // The same settings without clustering start a node.
+        config.cluster.enabled = false;
+        let node = start(config)
+            .await
+            .expect("a single node on the same settings");
+        assert!(node.cluster().is_none());
+        node.shutdown().await;
         let _ = std::fs::remove_dir_all(dir);
     }
 }

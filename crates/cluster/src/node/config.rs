@@ -23,8 +23,10 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// Region label; voters are spread over distinct regions where possible.
     pub region: String,
-    /// Cluster addresses (`host:port`) of existing members to join through. Empty: this
-    /// node bootstraps a new cluster (once; a restarted node rejoins from its data).
+    /// Existing members to join through, each `ID@host:port` (node ID's cluster address)
+    /// or a StatefulSet host name whose ordinal is the id (`tern-0.tern-headless:7946`).
+    /// Empty: this node bootstraps a new cluster (once; a restarted node rejoins from its
+    /// data).
     pub seeds: Vec<String>,
     /// How many voters the cluster keeps (3 or 5); the other members are learners.
     pub voters: usize,

@@ -8,7 +8,7 @@ use toml::Value;
 use super::{env_var_name, Config};
 
 const DOC: &str = include_str!("../../../../docs/configuration.md");
-const SECTIONS: [&str; 6] = ["node", "mqtt", "http", "log", "broker", "auth"];
+const SECTIONS: [&str; 7] = ["node", "mqtt", "http", "log", "broker", "auth", "cluster"];
 
 /// A configuration with every optional part present, so that its keys are all the keys.
 fn full_config() -> Config {
@@ -24,6 +24,8 @@ fn full_config() -> Config {
         access: AclAccess::All,
         decision: AclDecision::Allow,
     });
+    // Optional keys are left out of the TOML when absent.
+    config.cluster.node_id = Some(0);
     config
 }
 

@@ -33,6 +33,18 @@ pub struct Overrides {
     pub data_dir: Option<String>,
     /// `--log-level FILTER`: `log.level`.
     pub log_level: Option<String>,
+    /// `--cluster`: `cluster.enabled = true`.
+    pub cluster: bool,
+    /// `--node-id N`: `cluster.node_id`.
+    pub node_id: Option<String>,
+    /// `--cluster-listen ADDR`: `cluster.listen`.
+    pub cluster_listen: Option<String>,
+    /// `--advertise HOST:PORT`: `cluster.advertise`.
+    pub advertise: Option<String>,
+    /// `--region R`: `cluster.region`.
+    pub region: Option<String>,
+    /// `--seeds 0@a:1,1@b:2`: `cluster.seeds`.
+    pub seeds: Option<String>,
 }
 
 /// One key set by one source.
@@ -73,23 +85,7 @@ where
     for arg in &overrides.set {
         entries.push(set_entry(arg)?);
     }
-    let convenience = [
-        ("--mqtt-listen", "mqtt.listen", &overrides.mqtt_listen),
-        ("--http-listen", "http.listen", &overrides.http_listen),
-        ("--data-dir", "node.data_dir", &overrides.data_dir),
-        ("--log-level", "log.level", &overrides.log_level),
-    ];
-    for (flag, key, value) in convenience {
-        if let Some(value) = value {
-            entries.push(Entry {
-                path: key.split('.').map(str::to_string).collect(),
-                value: Value::String(value.clone()),
-                raw: None,
-                origin: Source::Flag(format!("{flag} {value}")),
-            });
-        }
-    }
-
+    entries.extend(convenience_entries(overrides));
     let mut root = Table::new();
     let mut origins = BTreeMap::new();
     for mut entry in entries {
@@ -131,6 +127,59 @@ where
         });
     }
     Ok(config)
+}
+
+/// The shorthand flags, as entries (after `--set`, so they win over it).
+fn convenience_entries(overrides: &Overrides) -> Vec<Entry> {
+    let flags = [
+        ("--mqtt-listen", "mqtt.listen", &overrides.mqtt_listen),
+        ("--http-listen", "http.listen", &overrides.http_listen),
+        ("--data-dir", "node.data_dir", &overrides.data_dir),
+        ("--log-level", "log.level", &overrides.log_level),
+        ("--node-id", "cluster.node_id", &overrides.node_id),
+        (
+            "--cluster-listen",
+            "cluster.listen",
+            &overrides.cluster_listen,
+        ),
+        ("--advertise", "cluster.advertise", &overrides.advertise),
+        ("--region", "cluster.region", &overrides.region),
+        ("--seeds", "cluster.seeds", &overrides.seeds),
+    ];
+    let mut entries = Vec::new();
+    if overrides.cluster {
+        entries.push(Entry {
+            path: vec!["cluster".to_string(), "enabled".to_string()],
+            value: Value::Boolean(true),
+            raw: None,
+            origin: Source::Flag("--cluster".to_string()),
+        });
+    }
+    for (flag, key, value) in flags {
+        if let Some(value) = value {
+            // Numbers (`--node-id 2`) are read as TOML, and a comma-separated list
+            // (`--seeds a:1,b:2`) as an array; anything else stays a string.
+            entries.push(Entry {
+                path: key.split('.').map(str::to_string).collect(),
+                value: Value::String(value.clone()),
+                raw: Some(value.clone()),
+                origin: Source::Flag(format!("{flag} {value}")),
+            });
+        }
+    }
+    entries
+}
+
+/// `a:1, b:2` as an array of strings (empty items dropped): how a list of plain strings
+/// such as `cluster.seeds` can be given in an environment variable or flag.
+fn comma_list(raw: &str) -> Value {
+    Value::Array(
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| Value::String(item.to_string()))
+            .collect(),
+    )
 }
 
 /// The key a broker error is about: its message starts with the key
@@ -308,11 +357,19 @@ fn check(entry: &mut Entry) -> Result<(), ConfigError> {
     let Err(mut message) = probe(&entry.path, entry.value.clone()) else {
         return Ok(());
     };
-    // `TERN_NODE__DATA_DIR=2026` parses as a number but is meant as a path.
+    // `TERN_NODE__DATA_DIR=2026` parses as a number but is meant as a path; a flag's
+    // `--node-id 2` is a string meant as a number; `TERN_CLUSTER__SEEDS=a:1,b:2` is
+    // meant as a list.
     if let Some(raw) = &entry.raw {
-        if !entry.value.is_str() && probe(&entry.path, Value::String(raw.clone())).is_ok() {
-            entry.value = Value::String(raw.clone());
-            return Ok(());
+        let mut candidates = vec![parse_value(raw), comma_list(raw)];
+        if !entry.value.is_str() {
+            candidates.insert(0, Value::String(raw.clone()));
+        }
+        for candidate in candidates {
+            if candidate != entry.value && probe(&entry.path, candidate.clone()).is_ok() {
+                entry.value = candidate;
+                return Ok(());
+            }
         }
     }
     let mut key = entry.path.join(".");

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tern_broker::{AuthConfig, BrokerConfig};
+use tern_cluster::ClusterConfig;
 
 pub use error::{ConfigError, Source};
 pub use load::{env_key_path, env_var_name, load, parse_value, Overrides, CONFIG_ENV};
@@ -31,6 +32,8 @@ pub struct Config {
     pub log: LogConfig,
     pub broker: BrokerConfig,
     pub auth: AuthConfig,
+    /// `[cluster]`: off by default (a single node).
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -545,3 +545,157 @@ fn errors_blame_the_layer_that_set_the_value_last() {
         "{err}"
     );
 }
+
+#[test]
+fn cluster_is_off_by_default_and_nested_keys_layer() {
+    let config = load(&Overrides::default(), Vec::new()).unwrap();
+    assert!(!config.cluster.enabled);
+    assert_eq!(config.cluster.raft.heartbeat_ms, 250);
+
+    let file = TempFile::new("[cluster.raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 900\n");
+    let from_env = load(
+        &file.overrides(),
+        env(&[("TERN_CLUSTER__RAFT__HEARTBEAT_MS", "200")]),
+    )
+    .unwrap();
+    assert_eq!(
+        from_env.cluster.raft.heartbeat_ms, 200,
+        "env beats the file"
+    );
+    assert_eq!(from_env.cluster.raft.election_timeout_min_ms, 900);
+    let from_flag = load(
+        &Overrides {
+            set: vec!["cluster.raft.heartbeat_ms=300".into()],
+            ..file.overrides()
+        },
+        env(&[("TERN_CLUSTER__RAFT__HEARTBEAT_MS", "200")]),
+    )
+    .unwrap();
+    assert_eq!(from_flag.cluster.raft.heartbeat_ms, 300, "--set beats env");
+
+    let transport = load(
+        &Overrides::default(),
+        env(&[("TERN_CLUSTER__TRANSPORT__CONGESTION", "bbr")]),
+    )
+    .unwrap();
+    assert_eq!(
+        transport.cluster.transport.congestion,
+        tern_cluster::transport::Congestion::Bbr
+    );
+}
+
+#[test]
+fn cluster_shorthand_flags_set_their_keys() {
+    let config = load(
+        &Overrides {
+            cluster: true,
+            node_id: Some("2".into()),
+            cluster_listen: Some("127.0.0.1:7001".into()),
+            advertise: Some("tern-2.local:7001".into()),
+            region: Some("eu-west".into()),
+            seeds: Some("tern-0.local:7001, tern-1.local:7001".into()),
+            ..Overrides::default()
+        },
+        Vec::new(),
+    )
+    .unwrap();
+    let c = &config.cluster;
+    assert!(c.enabled);
+    assert_eq!(c.node_id, Some(2));
+    assert_eq!(c.listen.to_string(), "127.0.0.1:7001");
+    assert_eq!(c.advertise, "tern-2.local:7001");
+    assert_eq!(c.region, "eu-west");
+    assert_eq!(c.seeds, ["tern-0.local:7001", "tern-1.local:7001"]);
+
+    let err = load_err(
+        &Overrides {
+            node_id: Some("two".into()),
+            ..Overrides::default()
+        },
+        &[],
+    );
+    assert!(err.contains("`cluster.node_id`"), "{err}");
+    assert!(err.contains("--node-id two"), "{err}");
+}
+
+#[test]
+fn seeds_come_from_a_comma_list_or_a_toml_array() {
+    for raw in ["a:1,b:2", r#"["a:1", "b:2"]"#] {
+        let config = load(&Overrides::default(), env(&[("TERN_CLUSTER__SEEDS", raw)])).unwrap();
+        assert_eq!(config.cluster.seeds, ["a:1", "b:2"], "{raw}");
+    }
+    let single = load(&flags(&["cluster.seeds=tern-0:7946"]), Vec::new()).unwrap();
+    assert_eq!(single.cluster.seeds, ["tern-0:7946"]);
+}
+
+#[test]
+fn cluster_validation_names_the_key_and_its_source() {
+    let on = ("TERN_CLUSTER__ENABLED", "true");
+    let err = load_err(&Overrides::default(), &[on]);
+    assert!(err.contains("invalid `cluster.advertise`"), "{err}");
+
+    let err = load_err(
+        &Overrides::default(),
+        &[
+            on,
+            ("TERN_CLUSTER__ADVERTISE", "10.0.0.1:7946"),
+            ("TERN_CLUSTER__RAFT__HEARTBEAT_MS", "5000"),
+        ],
+    );
+    assert!(
+        err.contains("invalid `cluster.raft.election_timeout_min_ms`"),
+        "{err}"
+    );
+
+    let err = load_err(
+        &flags(&[
+            "cluster.enabled=true",
+            "cluster.listen=127.0.0.1:7946",
+            "cluster.voters=9",
+        ]),
+        &[],
+    );
+    assert!(err.contains("invalid `cluster.voters`"), "{err}");
+    assert!(err.contains("--set cluster.voters=9"), "{err}");
+
+    let err = load_err(
+        &flags(&[
+            "cluster.enabled=true",
+            "cluster.listen=127.0.0.1:7946",
+            "cluster.transport.keep_alive_interval_ms=0",
+        ]),
+        &[],
+    );
+    assert!(
+        err.contains("invalid `cluster.transport.keep_alive_interval_ms`"),
+        "{err}"
+    );
+    assert!(err.contains("--set cluster.transport"), "{err}");
+
+    // Clustering off: its settings are not checked.
+    load(&flags(&["cluster.voters=9"]), Vec::new()).unwrap();
+
+    let err = load_err(
+        &Overrides::default(),
+        &[("TERN_CLUSTER__RAFT__HEARTBEATS_MS", "1")],
+    );
+    assert!(
+        err.contains("unknown key `cluster.raft.heartbeats_ms`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_clustered_config_round_trips_through_toml() {
+    let config = load(
+        &flags(&[
+            "cluster.enabled=true",
+            "cluster.node_id=3",
+            "cluster.listen=127.0.0.1:7946",
+            "cluster.seeds=a:1,b:2",
+        ]),
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(toml::from_str::<Config>(&config.to_toml()).unwrap(), config);
+}

@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use tern_cluster::transport::TransportError;
+
 use super::Config;
 
 /// The smallest packet limit that still lets a client connect (a CONNECT with a short
@@ -93,5 +95,54 @@ pub(super) fn validate(config: &Config) -> Result<(), Failure> {
             return fail(&format!("auth.acl[{i}].topic"), "must not be empty");
         }
     }
+    validate_cluster(config)
+}
+
+/// `[cluster]`: the cluster crate's own checks (its messages start with the key), and the
+/// transport settings' (their messages start with the key below `cluster.transport`).
+fn validate_cluster(config: &Config) -> Result<(), Failure> {
+    let cluster = &config.cluster;
+    if !cluster.enabled {
+        return Ok(());
+    }
+    if let Err(message) = cluster.validate() {
+        return Err(split_key(&message, "cluster"));
+    }
+    if let Err(e) = cluster.transport.to_quinn().map(drop) {
+        // A config error reads "<key>: <reason>", the key relative to `cluster.transport`.
+        let failure = match &e {
+            TransportError::Config(message) => match message.split_once(": ") {
+                Some((key, reason)) if is_key_word(key) => {
+                    (format!("cluster.transport.{key}"), reason.to_string())
+                }
+                _ => ("cluster.transport".to_string(), message.clone()),
+            },
+            other => ("cluster.transport".to_string(), other.to_string()),
+        };
+        return Err(failure);
+    }
     Ok(())
+}
+
+fn is_key_word(word: &str) -> bool {
+    !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// `"cluster.voters must be ..."` gives `("cluster.voters", "must be ...")`; a message
+/// not led by a key is about the whole `section`.
+fn split_key(message: &str, section: &str) -> Failure {
+    let lead = message.split([' ', ':']).next().unwrap_or("");
+    let is_key = lead.starts_with(&format!("{section}."))
+        && lead
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c));
+    if is_key {
+        let reason = message[lead.len()..].trim_start_matches(':').trim();
+        (lead.to_string(), reason.to_string())
+    } else {
+        (section.to_string(), message.to_string())
+    }
 }

@@ -1,12 +1,20 @@
-//! The node's small HTTP/1.1 endpoint for probes: `GET /healthz` (the process is alive)
-//! and `GET /readyz` (send it traffic). One request per connection, answered with
-//! `Connection: close`. Hostile input gets a 4xx and a closed socket: the request head
-//! is limited to 8 KiB and must arrive within 10 s.
+//! The node's small HTTP/1.1 endpoint: probes, `GET /healthz` (the process is alive)
+//! and `GET /readyz` (send it traffic), and the cluster API under `/api/v1/cluster`
+//! ([`cluster_api`]). One request per connection, answered with `Connection: close`.
+//! Hostile input gets a 4xx and a closed socket: the request head is limited to 8 KiB and
+//! must arrive within 10 s. No route takes a body; one sent anyway is read and discarded
+//! (at most 64 KiB, within 1 s) after the answer.
 //!
 //! `/metrics` answers 404 until the Prometheus registry arrives with the operations work.
 
+mod cluster_api;
+
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tern_cluster::ClusterNode;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -22,26 +30,60 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Open HTTP connections served at once; probes and scrapes need few.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
 
-/// What the probes report; the node updates it.
-#[derive(Debug, Default)]
+/// What the probes report, and the cluster membership the API acts on; the node updates
+/// the first and sets the second at start-up.
+#[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
+    cluster: Option<Arc<ClusterNode>>,
+}
+
+impl fmt::Debug for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Health")
+            .field("ready", &self.ready)
+            .field("clustered", &self.cluster.is_some())
+            .finish()
+    }
 }
 
 impl Health {
+    /// Not ready yet; `cluster` when the node is a cluster member.
+    pub fn new(cluster: Option<Arc<ClusterNode>>) -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            cluster,
+        }
+    }
+
+    /// The node's own part of readiness: its MQTT listener is up and it is not stopping.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// What `/readyz` answers: the node's own part and, when clustered, that it has joined
+    /// and caught up with the Raft log.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        let cluster_ready = match &self.cluster {
+            Some(cluster) => cluster.is_ready(),
+            None => true,
+        };
+        self.ready.load(Ordering::SeqCst) && cluster_ready
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.cluster.as_ref()
     }
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
 #[derive(Debug, PartialEq, Eq)]
-struct Response {
+pub(crate) struct Response {
     status: u16,
-    body: &'static str,
+    body: String,
+    content_type: &'static str,
     /// Methods allowed, for a 405.
     allow: Option<&'static str>,
     /// HEAD: headers only.
@@ -49,20 +91,37 @@ struct Response {
 }
 
 impl Response {
-    fn new(status: u16, body: &'static str) -> Self {
+    fn new(status: u16, body: impl Into<String>) -> Self {
         Self {
             status,
-            body,
+            body: body.into(),
+            content_type: TEXT,
             allow: None,
             head_only: false,
         }
     }
 
+    /// A JSON body (already rendered), ending in a newline.
+    fn json(status: u16, mut body: String) -> Self {
+        body.push('\n');
+        Self {
+            content_type: JSON,
+            ..Self::new(status, body)
+        }
+    }
+
+    /// `{"error": message}`.
+    fn json_error(status: u16, message: impl Into<String>) -> Self {
+        let body = serde_json::json!({ "error": message.into() }).to_string();
+        Self::json(status, body)
+    }
+
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len()
         );
         if let Some(allow) = self.allow {
@@ -72,7 +131,7 @@ impl Response {
         }
         out.push_str("\r\n");
         if !self.head_only {
-            out.push_str(self.body);
+            out.push_str(&self.body);
         }
         out.into_bytes()
     }
@@ -81,12 +140,15 @@ impl Response {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "",
     }
 }
@@ -101,7 +163,7 @@ where
         Ok(Err(HeadError::TooLarge)) => Some(Response::new(431, "request head too large")),
         // The client left before finishing its request: nobody to answer.
         Ok(Err(HeadError::Closed)) => None,
-        Ok(Ok(head)) => Some(respond(&head, health)),
+        Ok(Ok(head)) => Some(respond(&head, health).await),
     };
     let Some(response) = response else { return };
     let write = async {
@@ -171,10 +233,13 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-fn respond(head: &[u8], health: &Health) -> Response {
+async fn respond(head: &[u8], health: &Health) -> Response {
     let Some((method, path)) = parse_request_line(head) else {
         return Response::new(400, "bad request");
     };
+    if cluster_api::handles(path) {
+        return cluster_api::respond(method, path, health.cluster()).await;
+    }
     let body = match path {
         "/healthz" => "ok",
         "/readyz" if health.is_ready() => "ready",
@@ -196,10 +261,8 @@ fn with_method(method: &str, mut response: Response) -> Response {
         }
         _ if response.status == 404 => response,
         _ => Response {
-            status: 405,
-            body: "method not allowed",
             allow: Some("GET, HEAD"),
-            head_only: false,
+            ..Response::new(405, "method not allowed")
         },
     }
 }
@@ -229,34 +292,53 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
 
-    fn answer(request: &[u8], ready: bool) -> Response {
+    async fn answer(request: &[u8], ready: bool) -> Response {
         let health = Health::default();
         health.set_ready(ready);
-        respond(request, &health)
+        respond(request, &health).await
     }
 
-    #[test]
-    fn routes() {
-        assert_eq!(answer(b"GET /healthz HTTP/1.1\r\n\r\n", false).status, 200);
+    #[tokio::test]
+    async fn routes() {
         assert_eq!(
-            answer(b"GET /healthz?verbose=1 HTTP/1.0\r\n\r\n", false).body,
+            answer(b"GET /healthz HTTP/1.1\r\n\r\n", false).await.status,
+            200
+        );
+        assert_eq!(
+            answer(b"GET /healthz?verbose=1 HTTP/1.0\r\n\r\n", false)
+                .await
+                .body,
             "ok"
         );
-        assert_eq!(answer(b"GET /readyz HTTP/1.1\r\n\r\n", true).status, 200);
-        assert_eq!(answer(b"GET /readyz HTTP/1.1\r\n\r\n", false).status, 503);
-        assert_eq!(answer(b"GET /metrics HTTP/1.1\r\n\r\n", true).status, 404);
-        assert_eq!(answer(b"GET / HTTP/1.1\r\n\r\n", true).status, 404);
-        let head = answer(b"HEAD /healthz HTTP/1.1\r\n\r\n", true);
+        assert_eq!(
+            answer(b"GET /readyz HTTP/1.1\r\n\r\n", true).await.status,
+            200
+        );
+        assert_eq!(
+            answer(b"GET /readyz HTTP/1.1\r\n\r\n", false).await.status,
+            503
+        );
+        assert_eq!(
+            answer(b"GET /metrics HTTP/1.1\r\n\r\n", true).await.status,
+            404
+        );
+        assert_eq!(answer(b"GET / HTTP/1.1\r\n\r\n", true).await.status, 404);
+        let head = answer(b"HEAD /healthz HTTP/1.1\r\n\r\n", true).await;
         assert_eq!(head.status, 200);
         assert!(String::from_utf8(head.to_bytes())
             .unwrap()
             .ends_with("\r\n\r\n"));
-        let post = answer(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", true);
+        let api = answer(b"GET /api/v1/cluster HTTP/1.1\r\n\r\n", true).await;
+        assert_eq!((api.status, api.content_type), (404, JSON));
+        assert!(String::from_utf8(api.to_bytes())
+            .unwrap()
+            .contains("Content-Type: application/json\r\n"));
+        let post = answer(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", true).await;
         assert_eq!((post.status, post.allow), (405, Some("GET, HEAD")));
     }
 
-    #[test]
-    fn malformed_request_lines_are_400() {
+    #[tokio::test]
+    async fn malformed_request_lines_are_400() {
         for bad in [
             &b"GET /healthz\r\n\r\n"[..],
             b"GET  /healthz HTTP/1.1\r\n\r\n",
@@ -268,7 +350,7 @@ mod tests {
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
             assert_eq!(
-                answer(bad, true).status,
+                answer(bad, true).await.status,
                 400,
                 "{:?}",
                 String::from_utf8_lossy(bad)
