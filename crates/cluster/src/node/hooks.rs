@@ -63,10 +63,13 @@ impl Cluster for Hooks {
                     .broker()
                     .is_some_and(|b| b.deliver_shared(message, &group, &filter));
                 // Picked here but no local member is left: another node's member takes it.
-                let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
+                // (Only then is a ticket drawn: drawing one after every local delivery
+                // skipped the next node in the rotation, so with one member on each of
+                // three nodes, one node never got a message.)
                 target = if delivered {
                     None
                 } else {
+                    let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
                     pick_weighted(&others, ticket)
                 };
             }
