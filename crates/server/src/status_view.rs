@@ -29,8 +29,8 @@ pub fn render(status: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "Routes: {}   Claims: {}   Retained: {}",
-        status.route_count, status.claim_count, status.retained_count
+        "Routes: {}   Shared routes: {}   Claims: {}   Retained: {}",
+        status.route_count, status.shared_route_count, status.claim_count, status.retained_count
     );
     let mut regions: BTreeMap<&str, usize> = BTreeMap::new();
     for member in &status.members {
@@ -169,6 +169,7 @@ mod tests {
                 member(2, "us", "learner"),
             ],
             route_count: 7,
+            shared_route_count: 0,
             claim_count: 2,
             retained_count: 1,
             links: vec![LinkView {

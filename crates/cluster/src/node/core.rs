@@ -58,6 +58,9 @@ pub(crate) struct Inner {
     pub broker: OnceLock<Weak<Broker>>,
     pub routes: Mutex<RouteBatcher>,
     pub pending_claims: Mutex<Vec<String>>,
+    /// Retained messages set or cleared here and not yet committed; the latest per topic.
+    pub pending_retained:
+        Mutex<std::collections::BTreeMap<String, Option<crate::types::WireMessage>>>,
     pub proposals_due: Notify,
     pub peers: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
     pub inbound: Mutex<HashMap<NodeId, Inbound>>,
@@ -253,6 +256,7 @@ pub(crate) async fn start(
         broker: OnceLock::new(),
         routes: Mutex::new(RouteBatcher::new()),
         pending_claims: Mutex::new(Vec::new()),
+        pending_retained: Mutex::new(std::collections::BTreeMap::new()),
         proposals_due: Notify::new(),
         peers: Mutex::new(HashMap::new()),
         inbound: Mutex::new(HashMap::new()),
@@ -621,7 +625,9 @@ async fn watch_readiness(weak: Weak<Inner>) {
     }
 }
 
-/// Proposes what accumulated (route changes, claims) as one entry per window.
+/// Proposes what accumulated (route changes, claims, retained messages) as one entry per
+/// window; what fails is put back and proposed again, so nothing is given up while the
+/// node runs (on the minority side of a cut, it waits for a leader).
 async fn flush_proposals(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -645,8 +651,13 @@ async fn flush_proposals(weak: Weak<Inner>) {
                 node: inner.id,
             })
             .collect();
+        let retained: Vec<Command> = std::mem::take(&mut *inner.pending_retained.lock())
+            .into_iter()
+            .map(|(topic, message)| Command::Retain { topic, message })
+            .collect();
         let mut commands: Vec<Command> = routes.into_iter().collect();
         commands.extend(claims);
+        commands.extend(retained);
         if commands.is_empty() {
             continue;
         }
@@ -667,6 +678,14 @@ fn restore(inner: &Inner, command: Command) {
     match command {
         Command::Routes { changes, .. } => inner.routes.lock().restore(changes),
         Command::Claim { client_id, .. } => inner.pending_claims.lock().push(client_id),
+        // A newer value set since the failed proposal wins.
+        Command::Retain { topic, message } => {
+            inner
+                .pending_retained
+                .lock()
+                .entry(topic)
+                .or_insert(message);
+        }
         Command::Batch(commands) => commands.into_iter().for_each(|c| restore(inner, c)),
         _ => {}
     }

@@ -85,16 +85,12 @@ impl Cluster for Hooks {
     }
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
-        let inner = self.0.clone();
-        let command = Command::Retain {
-            topic: topic.to_string(),
-            message: message.map(|m| WireMessage::from_message(m)),
-        };
-        tokio::spawn(async move {
-            if let Err(e) = inner.propose(command).await {
-                tracing::warn!(error = %e, "retained message not replicated");
-            }
-        });
+        let wire = message.map(|m| WireMessage::from_message(m));
+        self.0
+            .pending_retained
+            .lock()
+            .insert(topic.to_string(), wire);
+        self.0.proposals_due.notify_one();
     }
 
     fn claim(&self, client_id: &str, want_session: bool) -> SessionFuture {

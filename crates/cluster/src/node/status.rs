@@ -16,6 +16,9 @@ pub struct ClusterStatus {
     pub applied_index: Option<u64>,
     pub members: Vec<MemberStatus>,
     pub route_count: usize,
+    /// (group, filter, node) entries of shared subscriptions.
+    #[serde(default)]
+    pub shared_route_count: usize,
     pub claim_count: usize,
     pub retained_count: usize,
     pub links: Vec<LinkView>,
@@ -109,6 +112,7 @@ pub(crate) fn collect(inner: &super::core::Inner) -> ClusterStatus {
         applied_index: m.last_applied.map(|l| l.index),
         members,
         route_count: state.route_count(),
+        shared_route_count: state.shared_count(),
         claim_count: state.claim_count(),
         retained_count: state.retained_count(),
         links,
