@@ -11,8 +11,8 @@ use tern_tests::clients::{text, RawClient};
 use tern_tests::cluster::{wait_udp_port_free, TestCluster};
 use tern_tests::wait_until;
 
-const FORM: Duration = Duration::from_secs(30);
-const SETTLE: Duration = Duration::from_secs(10);
+const FORM: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_catches_up_on_routes_and_retained() {

@@ -371,71 +371,37 @@ async fn join(inner: Arc<Inner>) {
 }
 
 fn serve_requests(inner: &Arc<Inner>) {
-    let weak = Arc::downgrade(inner);
-    let w = weak.clone();
-    inner.transport.set_request_handler(kind::JOIN, move |_, body| {
-        let inner = w.upgrade();
-        async move {
-            let inner = inner.ok_or("node stopping")?;
-            let req: JoinRequest = decode(&body)?;
-            let answer = if inner.leader() == Some(inner.id) {
-                match inner.raft.add_learner(req.node_id, req.info.clone(), false).await {
-                    Ok(_) => {
-                        info!(node = req.node_id, addr = %req.info.cluster_addr, region = %req.info.region, "added a learner");
-                        LeaderAnswer::Done(())
-                    }
-                    Err(e) => LeaderAnswer::Failed(e.to_string()),
-                }
-            } else {
-                LeaderAnswer::NotLeader { leader: inner.leader_hint() }
-            };
-            encode(&answer)
-        }
+    serve_on_leader(inner, kind::JOIN, |inner, req: JoinRequest| async move {
+        inner
+            .raft
+            .add_learner(req.node_id, req.info.clone(), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(node = req.node_id, addr = %req.info.cluster_addr, region = %req.info.region, "added a learner");
+        Ok(())
     });
-    let w = weak.clone();
-    inner
-        .transport
-        .set_request_handler(kind::PROPOSE, move |_, body| {
-            let inner = w.upgrade();
-            async move {
-                let inner = inner.ok_or("node stopping")?;
-                let command: Command = decode(&body)?;
-                let answer = if inner.leader() == Some(inner.id) {
-                    match inner.raft.client_write(command).await {
-                        Ok(r) => LeaderAnswer::Done(r.data),
-                        Err(e) => LeaderAnswer::Failed(e.to_string()),
-                    }
-                } else {
-                    LeaderAnswer::NotLeader {
-                        leader: inner.leader_hint(),
-                    }
-                };
-                encode(&answer)
-            }
-        });
-    let w = weak.clone();
-    inner
-        .transport
-        .set_request_handler(kind::LEADER_APPLIED, move |_, _| {
-            let inner = w.upgrade();
-            async move {
-                let inner = inner.ok_or("node stopping")?;
-                let m = inner.metrics();
-                let answer = if m.current_leader == Some(inner.id) {
-                    LeaderAnswer::Done(m.last_applied.map(|l| l.index))
-                } else {
-                    LeaderAnswer::NotLeader {
-                        leader: inner.leader_hint(),
-                    }
-                };
-                encode(&answer)
-            }
-        });
-    let w = weak.clone();
+    serve_on_leader(inner, kind::PROPOSE, |inner, command: Command| async move {
+        inner
+            .raft
+            .client_write(command)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| e.to_string())
+    });
+    serve_on_leader(inner, kind::LEADER_APPLIED, |inner, (): ()| async move {
+        Ok(inner.metrics().last_applied.map(|l| l.index))
+    });
+    serve_on_leader(
+        inner,
+        kind::MEMBERSHIP,
+        |inner, request: MembershipRequest| async move { apply_membership(&inner, request).await },
+    );
+    // Any node may hold a departing session, leader or not.
+    let weak = Arc::downgrade(inner);
     inner
         .transport
         .set_request_handler(kind::TAKE_SESSION, move |_, body| {
-            let inner = w.upgrade();
+            let inner = weak.upgrade();
             async move {
                 let inner = inner.ok_or("node stopping")?;
                 let client_id: String = decode(&body)?;
@@ -444,26 +410,37 @@ fn serve_requests(inner: &Arc<Inner>) {
                 encode(&wire)
             }
         });
-    inner
-        .transport
-        .set_request_handler(kind::MEMBERSHIP, move |_, body| {
-            let inner = weak.upgrade();
-            async move {
-                let inner = inner.ok_or("node stopping")?;
-                let request: MembershipRequest = decode(&body)?;
-                let answer = if inner.leader() == Some(inner.id) {
-                    match apply_membership(&inner, request).await {
-                        Ok(()) => LeaderAnswer::Done(()),
-                        Err(e) => LeaderAnswer::Failed(e),
-                    }
-                } else {
-                    LeaderAnswer::NotLeader {
-                        leader: inner.leader_hint(),
-                    }
-                };
-                encode(&answer)
-            }
-        });
+}
+
+/// Answers `kind` requests with `handle` while this node leads; otherwise with where the
+/// leader is, so the caller can ask it instead.
+fn serve_on_leader<Req, Resp, F, Fut>(inner: &Arc<Inner>, kind: u8, handle: F)
+where
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<Inner>, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Resp, String>> + Send + 'static,
+{
+    let weak = Arc::downgrade(inner);
+    inner.transport.set_request_handler(kind, move |_, body| {
+        let inner = weak.upgrade();
+        let handle = handle.clone();
+        async move {
+            let inner = inner.ok_or("node stopping")?;
+            let request: Req = decode(&body)?;
+            let answer = if inner.leader() == Some(inner.id) {
+                match handle(inner.clone(), request).await {
+                    Ok(response) => LeaderAnswer::Done(response),
+                    Err(e) => LeaderAnswer::Failed(e),
+                }
+            } else {
+                LeaderAnswer::NotLeader {
+                    leader: inner.leader_hint(),
+                }
+            };
+            encode(&answer)
+        }
+    });
 }
 
 /// The leader's side of leave/remove: out of the membership, then its routes and claims
@@ -610,7 +587,12 @@ async fn watch_readiness(weak: Weak<Inner>) {
             Some(leader) => {
                 match inner
                     .transport
-                    .request(leader, kind::LEADER_APPLIED, Bytes::new(), RPC_TIMEOUT)
+                    .request(
+                        leader,
+                        kind::LEADER_APPLIED,
+                        encode(&()).unwrap_or_default(),
+                        RPC_TIMEOUT,
+                    )
                     .await
                 {
                     Ok(answer) => {
