@@ -1017,6 +1017,13 @@ impl Connection {
             self.out_aliases.insert(m.topic.clone(), a);
         }
         self.broker.stats.messages_sent[d.qos as usize].fetch_add(1, Ordering::Relaxed);
+        // Not resends, nor retained messages sent on subscribe: their age is not latency.
+        if !dup && !d.retain {
+            let stats = &self.broker.stats;
+            stats
+                .delivery_latency
+                .record(now.saturating_duration_since(m.received_at));
+        }
         true
     }
 }

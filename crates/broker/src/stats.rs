@@ -1,9 +1,11 @@
 //! The broker's counters: plain atomics bumped on the hot path, read by `$SYS` topics and
 //! by the server's metrics endpoint. Rare events keyed by a label (malformed packets by
-//! kind, connect outcomes by reason) sit in small locked maps.
+//! kind, connect outcomes by reason) sit in small locked maps. Publish-to-delivery time
+//! goes into a [`LatencyHistogram`]: a few atomic adds per delivery, no lock.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -58,6 +60,9 @@ pub struct Stats {
     dropped: [AtomicU64; 5],
     malformed: Mutex<BTreeMap<&'static str, u64>>,
     connect_outcomes: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from a PUBLISH arriving at this node (from a client or another node) to its
+    /// encoding for a subscriber.
+    pub delivery_latency: LatencyHistogram,
 }
 
 impl Stats {
@@ -101,5 +106,93 @@ impl Stats {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+}
+
+/// Upper bounds, in seconds, of [`LatencyHistogram`]'s buckets (a last one, +Inf, follows).
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// [`LATENCY_BUCKETS`] in microseconds, what [`LatencyHistogram::record`] compares.
+const LATENCY_BUCKETS_MICROS: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+
+/// A lock-free histogram of durations with fixed buckets ([`LATENCY_BUCKETS`]): one counter
+/// per bucket (not cumulative; the last is +Inf) and the sum in microseconds. Recording is
+/// two relaxed atomic adds; the count is the sum of the buckets, so a snapshot is always
+/// consistent with itself.
+#[derive(Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// What [`LatencyHistogram::snapshot`] reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatencySnapshot {
+    /// Cumulative counts, one per [`LATENCY_BUCKETS`] entry (observations <= the bound).
+    pub cumulative: Vec<u64>,
+    /// Observations in all, the +Inf bucket.
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let mut cumulative = Vec::with_capacity(LATENCY_BUCKETS.len());
+        let mut running = 0u64;
+        for bucket in &self.buckets[..LATENCY_BUCKETS.len()] {
+            running += bucket.load(Ordering::Relaxed);
+            cumulative.push(running);
+        }
+        let count = running + self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        LatencySnapshot {
+            cumulative,
+            count,
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_bounds_agree() {
+        for (secs, micros) in LATENCY_BUCKETS.iter().zip(LATENCY_BUCKETS_MICROS) {
+            assert_eq!((secs * 1e6).round() as u64, micros);
+        }
+    }
+
+    #[test]
+    fn latency_histogram_counts_cumulatively() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(10));
+        h.record(Duration::from_micros(50)); // on a bound: counted in it (le)
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_secs(60));
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.cumulative[0], 2);
+        assert_eq!(s.cumulative[5], 2); // <= 2.5 ms
+        assert_eq!(s.cumulative[6], 3); // <= 5 ms
+        assert_eq!(*s.cumulative.last().unwrap(), 3);
+        assert!(
+            (s.sum_seconds - 60.003_06).abs() < 1e-9,
+            "{}",
+            s.sum_seconds
+        );
     }
 }

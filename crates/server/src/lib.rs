@@ -1,5 +1,5 @@
 //! The `tern` binary's library: configuration, the command line, and a running node
-//! (broker, MQTT listener, HTTP probes). End-to-end tests start nodes in-process with
+//! (broker, MQTT listener, HTTP probes and metrics). End-to-end tests start nodes in-process with
 //! [`node::start`].
 
 pub mod admin_client;
@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod passwd;
 pub mod shutdown;

@@ -14,6 +14,7 @@ use tern_cluster::{ClusterError, ClusterNode};
 use crate::config::Config;
 use crate::http::{self, Health};
 use crate::listener::{self, AcceptLoop, ListenerCounts};
+use crate::metrics::NodeMetrics;
 
 /// Extra time, beyond the grace period, that shutdown waits for the broker before going on.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
@@ -121,7 +122,14 @@ pub async fn start_on_host(config: Config, hostname: &str) -> Result<RunningNode
         },
     );
 
-    let health = Arc::new(Health::new(cluster.clone()));
+    // The node's own registry, read at scrape time (never the global default: many
+    // nodes may share a process).
+    let node_metrics = Arc::new(NodeMetrics::new(
+        broker.clone(),
+        cluster.clone(),
+        vec![("mqtt", mqtt.stats().clone())],
+    ));
+    let health = Arc::new(Health::new(cluster.clone()).with_metrics(node_metrics));
     let probes = health.clone();
     let http = AcceptLoop::spawn(
         "http",
@@ -329,10 +337,9 @@ mod tests {
             status(&http(addr, b"GET /nope HTTP/1.1\r\n\r\n").await),
             404
         );
-        assert_eq!(
-            status(&http(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await),
-            404
-        );
+        let metrics = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status(&metrics), 200, "{metrics}");
+        assert!(body(&metrics).contains("# TYPE tern_connections_total counter\n"));
         let post = http(
             addr,
             b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",

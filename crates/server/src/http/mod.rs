@@ -1,11 +1,9 @@
 //! The node's small HTTP/1.1 endpoint: probes, `GET /healthz` (the process is alive)
-//! and `GET /readyz` (send it traffic), and the cluster API under `/api/v1/cluster`
-//! ([`cluster_api`]). One request per connection, answered with `Connection: close`.
+//! and `GET /readyz` (send it traffic), `GET /metrics` (Prometheus text format, see
+//! [`crate::metrics`]), and the cluster API under `/api/v1/cluster` ([`cluster_api`]). One request per connection, answered with `Connection: close`.
 //! Hostile input gets a 4xx and a closed socket: the request head is limited to 8 KiB and
 //! must arrive within 10 s. No route takes a body; one sent anyway is read and discarded
 //! (at most 64 KiB, within 1 s) after the answer.
-//!
-//! `/metrics` answers 404 until the Prometheus registry arrives with the operations work.
 
 mod cluster_api;
 
@@ -15,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_cluster::ClusterNode;
+
+use crate::metrics::{self, NodeMetrics};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -30,12 +30,13 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Open HTTP connections served at once; probes and scrapes need few.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
 
-/// What the probes report, and the cluster membership the API acts on; the node updates
-/// the first and sets the second at start-up.
+/// What the probes report, the cluster membership the API acts on, and the metrics
+/// `/metrics` renders; the node updates the first and sets the others at start-up.
 #[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
     cluster: Option<Arc<ClusterNode>>,
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl fmt::Debug for Health {
@@ -43,6 +44,7 @@ impl fmt::Debug for Health {
         f.debug_struct("Health")
             .field("ready", &self.ready)
             .field("clustered", &self.cluster.is_some())
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -53,7 +55,14 @@ impl Health {
         Self {
             ready: AtomicBool::new(false),
             cluster,
+            metrics: None,
         }
+    }
+
+    /// What `/metrics` renders; without it `/metrics` answers 404.
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The node's own part of readiness: its MQTT listener is up and it is not stopping.
@@ -240,6 +249,19 @@ async fn respond(head: &[u8], health: &Health) -> Response {
     if cluster_api::handles(path) {
         return cluster_api::respond(method, path, health.cluster()).await;
     }
+    if let ("/metrics", Some(node_metrics)) = (path, &health.metrics) {
+        // A HEAD gets the headers only, but of the real answer (its length included).
+        let body = if matches!(method, "GET" | "HEAD") {
+            node_metrics.render().await
+        } else {
+            String::new()
+        };
+        let response = Response {
+            content_type: metrics::CONTENT_TYPE,
+            ..Response::new(200, body)
+        };
+        return with_method(method, response);
+    }
     let body = match path {
         "/healthz" => "ok",
         "/readyz" if health.is_ready() => "ready",
@@ -335,6 +357,27 @@ mod tests {
             .contains("Content-Type: application/json\r\n"));
         let post = answer(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n", true).await;
         assert_eq!((post.status, post.allow), (405, Some("GET, HEAD")));
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_when_the_node_has_them() {
+        let broker = tern_broker::Broker::new(
+            Default::default(),
+            Default::default(),
+            tern_cluster::single_node(),
+        )
+        .unwrap();
+        let node_metrics = Arc::new(NodeMetrics::new(broker, None, Vec::new()));
+        let health = Health::new(None).with_metrics(node_metrics);
+        let get = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &health).await;
+        assert_eq!((get.status, get.content_type), (200, metrics::CONTENT_TYPE));
+        assert!(get.body.contains("# HELP tern_connections_total "));
+        let head = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &health).await;
+        let bytes = String::from_utf8(head.to_bytes()).unwrap();
+        assert!(bytes.ends_with("\r\n\r\n"), "{bytes}");
+        assert!(bytes.contains("Content-Type: text/plain; version=0.0.4"));
+        let post = respond(b"POST /metrics HTTP/1.1\r\n\r\n", &health).await;
+        assert_eq!(post.status, 405);
     }
 
     #[tokio::test]
