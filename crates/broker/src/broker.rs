@@ -200,7 +200,13 @@ impl Broker {
 
     /// Whether a session (online or offline) exists for this client id.
     pub fn has_session(&self, client_id: &str) -> bool {
-        self.sessions.lock().contains_key(client_id)
+        let slot = self.sessions.lock().get(client_id).cloned();
+        slot.is_some_and(|s| {
+            matches!(
+                s.inner.lock().state,
+                SlotState::Online { .. } | SlotState::Offline { .. }
+            )
+        })
     }
 
     // ---- client ids -------------------------------------------------------------------
@@ -238,6 +244,14 @@ impl Broker {
             };
             let old_session = match previous {
                 SlotState::Ended => None,
+                SlotState::Moved { filters, .. } => {
+                    // Back on this node before the other one finished taking the session:
+                    // its subscriptions here are stale.
+                    for filter in &filters {
+                        self.remove_subscription(&slot, filter);
+                    }
+                    None
+                }
                 SlotState::Offline {
                     session,
                     pending_will,
@@ -365,14 +379,21 @@ impl Broker {
 
     /// Gives up this node's session of `client_id` because its client connected to another
     /// node: an online client is disconnected (v5: 0x8E) and its session handed over,
-    /// an offline session is taken as it is. Its subscriptions leave this node's index.
+    /// an offline session is taken as it is. The subscriptions stay in this node's index,
+    /// and what they still receive is kept, until the other node calls
+    /// [`Broker::finish_hand_over`] (or a minute passes): until the other node's routes
+    /// are known everywhere, messages for the client may still arrive here.
     /// `None` if this node has no session for the id.
     pub async fn hand_over(self: &Arc<Self>, client_id: &str) -> Option<Session> {
         let slot = self.sessions.lock().get(client_id).cloned()?;
-        let handed = {
+        let moved = SlotState::Moved {
+            filters: Vec::new(),
+            buffer: Vec::new(),
+        };
+        let (handed, generation) = {
             let mut inner = slot.inner.lock();
             inner.generation += 1;
-            match std::mem::replace(&mut inner.state, SlotState::Ended) {
+            let handed = match std::mem::replace(&mut inner.state, moved) {
                 SlotState::Online { tx, .. } => {
                     let (reply, answer) = oneshot::channel();
                     let sent = tx
@@ -387,8 +408,12 @@ impl Broker {
                     self.stats.sessions_offline.fetch_sub(1, Ordering::Relaxed);
                     Handed::Now(session)
                 }
-                SlotState::Ended => Handed::Nothing,
-            }
+                previous @ (SlotState::Ended | SlotState::Moved { .. }) => {
+                    inner.state = previous;
+                    Handed::Nothing
+                }
+            };
+            (handed, inner.generation)
         };
         let session = match handed {
             Handed::Now(session) => Some(session),
@@ -398,13 +423,70 @@ impl Broker {
                 .await
                 .ok()
                 .and_then(Result::ok),
-            Handed::Pending(None) | Handed::Nothing => None,
+            Handed::Pending(None) => None,
+            Handed::Nothing => return None,
         };
-        if let Some(session) = &session {
-            self.remove_session_subscriptions(&slot, session);
+        {
+            let mut inner = slot.inner.lock();
+            if let SlotState::Moved { filters, .. } = &mut inner.state {
+                *filters = session
+                    .as_ref()
+                    .map(|s| s.subscriptions.keys().cloned().collect())
+                    .unwrap_or_default();
+            }
+        }
+        if session.is_none() {
+            self.finish_hand_over(client_id);
+        } else {
+            self.arm_timer(
+                &slot,
+                generation,
+                Duration::from_secs(60),
+                TimerKind::HandOverExpiry,
+            );
+        }
+        session
+    }
+
+    /// The node that took `client_id`'s session has its routes in place: this node's
+    /// subscriptions for it go, and what they received since the handover is returned
+    /// for that node to deliver.
+    pub fn finish_hand_over(&self, client_id: &str) -> Vec<Delivery> {
+        let Some(slot) = self.sessions.lock().get(client_id).cloned() else {
+            return Vec::new();
+        };
+        let (filters, buffer) = {
+            let mut inner = slot.inner.lock();
+            if !matches!(inner.state, SlotState::Moved { .. }) {
+                return Vec::new();
+            }
+            inner.generation += 1;
+            match std::mem::replace(&mut inner.state, SlotState::Ended) {
+                SlotState::Moved { filters, buffer } => (filters, buffer),
+                _ => (Vec::new(), Vec::new()),
+            }
+        };
+        tracing::info!(
+            client_id,
+            filters = filters.len(),
+            caught = buffer.len(),
+            "session handover finished here"
+        );
+        for filter in &filters {
+            self.remove_subscription(&slot, filter);
         }
         self.unregister(&slot);
-        session
+        buffer
+    }
+
+    /// Hands deliveries to `client_id`'s session on this node, if it has one.
+    pub fn deliver_to_client(&self, client_id: &str, deliveries: Vec<Delivery>) {
+        let slot = self.sessions.lock().get(client_id).cloned();
+        if let Some(slot) = slot {
+            for delivery in deliveries {
+                self.deliver_to(&slot, delivery);
+            }
+        }
     }
 
     fn arm_timer(
@@ -430,6 +512,12 @@ impl Broker {
             return;
         }
         match kind {
+            TimerKind::HandOverExpiry => {
+                drop(inner);
+                let dropped = self.finish_hand_over(&slot.client_id).len();
+                self.stats
+                    .count_dropped(DropReason::QueueFull, dropped as u64);
+            }
             TimerKind::WillDelay => {
                 let will = match &mut inner.state {
                     SlotState::Offline { pending_will, .. } => pending_will.take(),
@@ -725,6 +813,13 @@ impl Broker {
                 let _ = tx.send(ConnCommand::Deliver(delivery));
             }
             SlotState::Offline { session, .. } => self.enqueue_counted(session, delivery),
+            SlotState::Moved { buffer, .. } => {
+                if buffer.len() < self.config.max_queued_messages {
+                    buffer.push(delivery);
+                } else {
+                    self.stats.count_dropped(DropReason::QueueFull, 1);
+                }
+            }
             SlotState::Ended => {}
         }
     }
@@ -750,6 +845,8 @@ enum Handed {
 enum TimerKind {
     WillDelay,
     SessionExpiry,
+    /// The node that took a session never finished the handover.
+    HandOverExpiry,
 }
 
 /// One copy per client when several of its subscriptions match: the highest QoS, the

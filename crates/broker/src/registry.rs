@@ -40,6 +40,13 @@ pub(crate) enum SlotState {
         /// A will waiting for its delay (v5 Will Delay Interval) to pass.
         pending_will: Option<Arc<Message>>,
     },
+    /// The session left for another node, which has not yet confirmed that its routes
+    /// are in place: messages still routed here wait in `buffer` for that node to
+    /// collect (see `Broker::finish_hand_over`), and the subscriptions stay in the index.
+    Moved {
+        filters: Vec<String>,
+        buffer: Vec<Delivery>,
+    },
     /// The session is over; the slot is (being) removed from the registry.
     Ended,
 }

@@ -43,7 +43,7 @@ fn qos(v: u8) -> QoS {
 }
 
 impl WireDelivery {
-    fn from_delivery(d: &Delivery) -> Self {
+    pub fn from_delivery(d: &Delivery) -> Self {
         Self {
             message: WireMessage::from_message(&d.message),
             qos: d.qos as u8,
@@ -52,7 +52,7 @@ impl WireDelivery {
         }
     }
 
-    fn into_delivery(self) -> Delivery {
+    pub fn into_delivery(self) -> Delivery {
         Delivery {
             message: std::sync::Arc::new(self.message.to_message()),
             qos: qos(self.qos),

@@ -396,7 +396,36 @@ fn serve_requests(inner: &Arc<Inner>) {
         kind::MEMBERSHIP,
         |inner, request: MembershipRequest| async move { apply_membership(&inner, request).await },
     );
+    let w = Arc::downgrade(inner);
+    inner
+        .transport
+        .set_request_handler(kind::APPLIED, move |_, _| {
+            let inner = w.upgrade();
+            async move {
+                let inner = inner.ok_or("node stopping")?;
+                encode(&inner.metrics().last_applied.map(|l| l.index))
+            }
+        });
     // Any node may hold a departing session, leader or not.
+    let w = Arc::downgrade(inner);
+    inner
+        .transport
+        .set_request_handler(kind::FINISH_HANDOVER, move |_, body| {
+            let inner = w.upgrade();
+            async move {
+                let inner = inner.ok_or("node stopping")?;
+                let client_id: String = decode(&body)?;
+                let buffered = inner
+                    .broker()
+                    .map(|b| b.finish_hand_over(&client_id))
+                    .unwrap_or_default();
+                let wire: Vec<crate::handover::WireDelivery> = buffered
+                    .iter()
+                    .map(crate::handover::WireDelivery::from_delivery)
+                    .collect();
+                encode(&wire)
+            }
+        });
     let weak = Arc::downgrade(inner);
     inner
         .transport
@@ -695,8 +724,14 @@ async fn act_on_applied(weak: Weak<Inner>, mut events: tokio::sync::broadcast::R
                         inner
                             .departing
                             .lock()
-                            .insert(client_id, (session, Instant::now()));
+                            .insert(client_id.clone(), (session, Instant::now()));
                         inner.departed.notify_waiters();
+                        // A client that started clean elsewhere never fetches it: then
+                        // nothing needs this node's copies of its subscriptions.
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        if inner.departing.lock().remove(&client_id).is_some() {
+                            broker.finish_hand_over(&client_id);
+                        }
                     }
                 });
             }
@@ -775,6 +810,83 @@ pub(crate) async fn take_session(
         .ok()?;
     let wire: Option<WireSession> = decode(&answer).ok()?;
     wire.map(|w| Session::from_parts(w.into_parts()))
+}
+
+/// After taking `client_id`'s session from `from`: once this node's replica shows routes
+/// for every filter of the session (so other nodes forward here), tells `from` to drop
+/// its copies of the subscriptions and delivers what they caught in between.
+pub(crate) async fn finish_handover(
+    inner: Arc<Inner>,
+    client_id: String,
+    from: NodeId,
+    filters: Vec<String>,
+) {
+    let plain: Vec<&String> = filters
+        .iter()
+        .filter(|f| !f.starts_with("$share/"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut mine = std::collections::BTreeSet::new();
+        inner.state.read().routes_of(inner.id, |f| {
+            mine.insert(f.to_string());
+        });
+        if plain.iter().all(|f| mine.contains(f.as_str())) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every node must forward here before the old node lets go: wait until each member
+    // has applied as far as this node had when its routes showed.
+    let target = inner.metrics().last_applied.map(|l| l.index);
+    let members: Vec<NodeId> = inner
+        .metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(&id, _)| id)
+        .collect();
+    let probe = encode(&()).unwrap_or_default();
+    for member in members.into_iter().filter(|&m| m != inner.id) {
+        while Instant::now() < deadline {
+            let applied = match inner
+                .transport
+                .request(member, kind::APPLIED, probe.clone(), RPC_TIMEOUT)
+                .await
+            {
+                Ok(answer) => decode::<Option<u64>>(&answer).ok().flatten(),
+                // An unreachable member forwards nothing anyway.
+                Err(_) => break,
+            };
+            if applied >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let Ok(body) = encode(&client_id) else { return };
+    let answer = match inner
+        .transport
+        .request(from, kind::FINISH_HANDOVER, body, RPC_TIMEOUT)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) => {
+            debug!(client_id, from, error = %e, "handover not finished; the old node gives up by itself");
+            return;
+        }
+    };
+    let Ok(wire) = decode::<Vec<crate::handover::WireDelivery>>(&answer) else {
+        return;
+    };
+    info!(client_id, from, caught = wire.len(), "handover finished");
+    if let Some(broker) = inner.broker() {
+        let deliveries = wire
+            .into_iter()
+            .map(crate::handover::WireDelivery::into_delivery)
+            .collect();
+        broker.deliver_to_client(&client_id, deliveries);
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tern_broker::cluster::SessionFuture;
 use tern_broker::{Cluster, Message};
 
-use super::core::{take_session, Inner};
+use super::core::{finish_handover, take_session, Inner};
 use super::forwarding;
 use crate::forward::SharedTarget;
 use crate::state::pick_weighted;
@@ -110,11 +110,13 @@ impl Cluster for Hooks {
                         tracing::warn!(client_id, error = %e, "claim not committed");
                         return None;
                     }
-                    if want_session {
-                        take_session(&inner, &client_id, node).await
-                    } else {
-                        None
+                    if !want_session {
+                        return None;
                     }
+                    let session = take_session(&inner, &client_id, node).await?;
+                    let filters = session.subscriptions.keys().cloned().collect();
+                    tokio::spawn(finish_handover(inner.clone(), client_id, node, filters));
+                    Some(session)
                 })
             }
             _ => {

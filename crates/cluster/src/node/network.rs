@@ -29,6 +29,11 @@ pub(crate) mod kind {
     pub const TAKE_SESSION: u8 = 13;
     /// Membership changes asked of the leader (leave, remove).
     pub const MEMBERSHIP: u8 = 14;
+    /// The node that took a session has its routes in place: the old node drops its
+    /// subscriptions and returns what they received meanwhile.
+    pub const FINISH_HANDOVER: u8 = 15;
+    /// A node's own applied index (any node answers).
+    pub const APPLIED: u8 = 16;
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
