@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tern_codec::QoS;
 use tern_tests::clients::{text, RawClient};
 use tern_tests::external::{free_port, http_get};
+use tern_tests::process::clustered_serve_command;
 use tern_tests::{tern_binary, unique_temp_dir, ChildGuard};
 
 const NODES: u64 = 5;
@@ -36,55 +37,7 @@ fn start(id: u64, certs: &std::path::Path, root: &std::path::Path, quic: &[u16])
     std::fs::create_dir_all(&dir).expect("node dir");
     let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut cmd = Command::new(tern_binary());
-    cmd.arg("serve")
-        .args([
-            "--cluster",
-            "--node-id",
-            &id.to_string(),
-            "--region",
-            &format!("r{}", id % 3),
-        ])
-        .args([
-            "--cluster-listen",
-            &format!("127.0.0.1:{}", quic[id as usize]),
-        ])
-        .args([
-            "--mqtt-listen",
-            &mqtt.to_string(),
-            "--http-listen",
-            &http.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--set", "cluster.voters=3"])
-        .args(["--set", "cluster.raft.heartbeat_ms=100"])
-        .args(["--set", "cluster.raft.election_timeout_min_ms=600"])
-        .args(["--set", "cluster.raft.election_timeout_max_ms=1200"])
-        .args(["--set", "broker.sys_interval_secs=0"])
-        .arg("--set")
-        .arg(format!(
-            "cluster.tls.ca_cert={}",
-            certs.join("ca.pem").display()
-        ))
-        .arg("--set")
-        .arg(format!(
-            "cluster.tls.node_cert={}",
-            certs.join(format!("node-{id}.pem")).display()
-        ))
-        .arg("--set")
-        .arg(format!(
-            "cluster.tls.node_key={}",
-            certs.join(format!("node-{id}.key")).display()
-        ));
-    if id > 0 {
-        cmd.args(["--seeds", &format!("0@127.0.0.1:{}", quic[0])]);
-    }
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TERN_") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = clustered_serve_command(id as usize, quic, mqtt, http, &dir.join("data"), certs);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(dir.join("stderr.log")).expect("log file"));

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tern_codec::{Connect, Disconnect, Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
 use tern_tests::clients::{connect_packet, publish_packet, text, RawClient, Recv};
 use tern_tests::external::{free_port, http_get};
+use tern_tests::process::clustered_serve_command;
 use tern_tests::{tern_binary, unique_temp_dir, ChildGuard};
 
 const NODES: usize = 3;
@@ -76,44 +77,15 @@ impl Node {
     /// Starts `tern serve` on this node's ports and data directory; the log is appended to.
     fn spawn(&mut self, certs: &Path, quic: &[u16]) {
         let id = self.id;
-        let mut cmd = Command::new(tern_binary());
-        cmd.arg("serve")
-            .args(["--cluster", "--node-id", &id.to_string()])
-            .args(["--region", &format!("r{id}")])
-            .args(["--cluster-listen", &format!("127.0.0.1:{}", quic[id])])
-            .args(["--mqtt-listen", &self.mqtt.to_string()])
-            .args(["--http-listen", &self.http.to_string()])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .args(["--set", "cluster.voters=3"])
-            .args(["--set", "cluster.raft.heartbeat_ms=100"])
-            .args(["--set", "cluster.raft.election_timeout_min_ms=600"])
-            .args(["--set", "cluster.raft.election_timeout_max_ms=1200"])
-            .args(["--set", "broker.sys_interval_secs=0"])
-            .args(["--set", "node.shutdown_grace_secs=1"])
-            .arg("--set")
-            .arg(format!(
-                "cluster.tls.ca_cert={}",
-                certs.join("ca.pem").display()
-            ))
-            .arg("--set")
-            .arg(format!(
-                "cluster.tls.node_cert={}",
-                certs.join(format!("node-{id}.pem")).display()
-            ))
-            .arg("--set")
-            .arg(format!(
-                "cluster.tls.node_key={}",
-                certs.join(format!("node-{id}.key")).display()
-            ));
-        if id > 0 {
-            cmd.args(["--seeds", &format!("0@127.0.0.1:{}", quic[0])]);
-        }
-        for (name, _) in std::env::vars() {
-            if name.starts_with("TERN_") {
-                cmd.env_remove(name);
-            }
-        }
+        let mut cmd = clustered_serve_command(
+            id,
+            quic,
+            self.mqtt,
+            self.http,
+            &self.dir.join("data"),
+            certs,
+        );
+        cmd.args(["--set", "node.shutdown_grace_secs=1"]);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
