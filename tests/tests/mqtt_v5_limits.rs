@@ -73,37 +73,24 @@ async fn topic_alias_from_client_is_resolved_for_subscribers() {
         "the default config offers topic aliases (64): CONNACK {ack:?}"
     );
 
-    assert_eq!(
-        publ.publish_packet(aliased("alias/one", 1, "a", QoS::AtLeastOnce))
-            .await,
-        ReasonCode::SUCCESS
-    );
-    assert_eq!(
-        publ.publish_packet(aliased("", 1, "b", QoS::AtLeastOnce))
-            .await,
-        ReasonCode::SUCCESS
-    );
-    assert_eq!(
-        publ.publish_packet(aliased("alias/two", 2, "c", QoS::AtMostOnce))
-            .await,
-        ReasonCode::SUCCESS
-    );
-    assert_eq!(
-        publ.publish_packet(aliased("", 2, "d", QoS::AtLeastOnce))
-            .await,
-        ReasonCode::SUCCESS
-    );
-    // Re-mapping an alias to another topic.
-    assert_eq!(
-        publ.publish_packet(aliased("alias/three", 1, "e", QoS::AtLeastOnce))
-            .await,
-        ReasonCode::SUCCESS
-    );
-    assert_eq!(
-        publ.publish_packet(aliased("", 1, "f", QoS::AtLeastOnce))
-            .await,
-        ReasonCode::SUCCESS
-    );
+    // (topic, alias, payload, qos): an empty topic means "the topic this alias stands for";
+    // alias 1 is re-mapped to another topic half way.
+    let publishes = [
+        ("alias/one", 1, "a", QoS::AtLeastOnce),
+        ("", 1, "b", QoS::AtLeastOnce),
+        ("alias/two", 2, "c", QoS::AtMostOnce),
+        ("", 2, "d", QoS::AtLeastOnce),
+        ("alias/three", 1, "e", QoS::AtLeastOnce),
+        ("", 1, "f", QoS::AtLeastOnce),
+    ];
+    for (topic, alias, payload, qos) in publishes {
+        assert_eq!(
+            publ.publish_packet(aliased(topic, alias, payload, qos))
+                .await,
+            ReasonCode::SUCCESS,
+            "publish {payload}"
+        );
+    }
     publ.publish("alias/fence", "fence", QoS::AtLeastOnce, false)
         .await;
 

@@ -393,30 +393,29 @@ mod tests {
     fn full_queue_drops_oldest_qos0_first_then_new_messages() {
         let now = Instant::now();
         let mut s = Session::new(Arc::from("c"), 0);
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, "a0", now), 3),
-            EnqueueOutcome::Queued
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, "b1", now), 3),
-            EnqueueOutcome::Queued
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, "c0", now), 3),
-            EnqueueOutcome::Queued
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, "d1", now), 3),
-            EnqueueOutcome::QueuedDroppedOldestQos0
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, "e1", now), 3),
-            EnqueueOutcome::QueuedDroppedOldestQos0
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, "f0", now), 3),
-            EnqueueOutcome::Dropped
-        );
+        let steps = [
+            (QoS::AtMostOnce, "a0", EnqueueOutcome::Queued),
+            (QoS::AtLeastOnce, "b1", EnqueueOutcome::Queued),
+            (QoS::AtMostOnce, "c0", EnqueueOutcome::Queued),
+            (
+                QoS::AtLeastOnce,
+                "d1",
+                EnqueueOutcome::QueuedDroppedOldestQos0,
+            ),
+            (
+                QoS::AtLeastOnce,
+                "e1",
+                EnqueueOutcome::QueuedDroppedOldestQos0,
+            ),
+            (QoS::AtMostOnce, "f0", EnqueueOutcome::Dropped),
+        ];
+        for (qos, payload, outcome) in steps {
+            assert_eq!(
+                s.enqueue(delivery(qos, payload, now), 3),
+                outcome,
+                "{payload}"
+            );
+        }
         let sent: Vec<String> = payloads(&mut s, 10, now)
             .into_iter()
             .map(|(_, p)| p)
