@@ -11,6 +11,7 @@ mod client;
 mod conn;
 mod hist;
 mod procstat;
+mod storm;
 mod tracker;
 mod wire;
 
@@ -29,6 +30,7 @@ use tokio::time::sleep_until;
 
 use client::{Phase, PubCounters, PubResult, PubSpec, RunCfg, Shared, Streams, SubResult, SubSpec};
 pub use hist::Histogram;
+pub use storm::ConnectionsReport;
 pub use tracker::{SeqTracker, StreamOutcome};
 pub use wire::HEADER_LEN;
 
@@ -45,6 +47,12 @@ pub enum Scenario {
     /// Publishers into one $share group: each message reaches exactly one member
     /// (default 8 -> 4).
     Shared,
+    /// --clients connections opened as fast as --connect-concurrency allows: CONNACKs per
+    /// second, connect latency, failures.
+    ConnectStorm,
+    /// --clients connections opened and held for --duration seconds with keep-alive pings:
+    /// how many stay up, and the broker's memory per connection (with --broker-pid).
+    Idle,
 }
 
 impl Scenario {
@@ -54,7 +62,14 @@ impl Scenario {
             Scenario::FanOut => "fan-out",
             Scenario::Pairs => "pairs",
             Scenario::Shared => "shared",
+            Scenario::ConnectStorm => "connect-storm",
+            Scenario::Idle => "idle",
         }
+    }
+
+    /// connect-storm and idle: connections only, no messages.
+    pub fn is_connections_only(self) -> bool {
+        matches!(self, Scenario::ConnectStorm | Scenario::Idle)
     }
 }
 
@@ -95,7 +110,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub subscribers: Option<u32>,
 
-    /// Seconds of measurement (after the warm-up).
+    /// Seconds of measurement (after the warm-up); idle: seconds to hold the connections.
     #[arg(long, default_value_t = 10.0, conflicts_with = "count")]
     pub duration: f64,
 
@@ -121,10 +136,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub e2e_window: Option<u64>,
 
-    /// Local addresses to bind client sockets to, comma-separated (e.g. 127.0.0.2,127.0.0.3),
-    /// used round-robin: more source addresses, more ephemeral ports.
-    #[arg(long, value_delimiter = ',')]
-    pub source_addrs: Vec<IpAddr>,
+    /// Local addresses to bind client sockets to, comma-separated, each an address or an
+    /// inclusive range (127.0.0.1-127.0.0.50), used round-robin: every source address has
+    /// its own ~28k ephemeral ports.
+    #[arg(long, value_delimiter = ',', value_parser = parse_source_addrs)]
+    pub source_addrs: Vec<SourceAddrs>,
+
+    /// connect-storm, idle: number of connections.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: u32,
 
     /// Print the result as JSON on stdout (the summary goes to stderr).
     #[arg(long)]
@@ -159,7 +179,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(2..))]
     pub keep_alive: u16,
 
-    /// Connections being set up at once.
+    /// Connections being set up at once (connect-storm: the concurrency of the storm).
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
 
@@ -185,6 +205,63 @@ pub struct BenchArgs {
     /// Free text copied into the report (e.g. the broker's name).
     #[arg(long)]
     pub label: Option<String>,
+}
+
+impl BenchArgs {
+    /// Every source address of --source-addrs, ranges expanded, in order.
+    pub fn sources(&self) -> Vec<IpAddr> {
+        self.source_addrs
+            .iter()
+            .flat_map(|s| s.0.iter().copied())
+            .collect()
+    }
+}
+
+/// One element of --source-addrs: an address, or the addresses of a range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceAddrs(pub Vec<IpAddr>);
+
+/// The most addresses one range of --source-addrs may hold.
+const MAX_SOURCE_RANGE: u128 = 1 << 16;
+
+/// Parses `ADDR` or `FIRST-LAST` (both of one family, FIRST <= LAST).
+pub fn parse_source_addrs(s: &str) -> Result<SourceAddrs, String> {
+    let s = s.trim();
+    let parse = |a: &str| -> Result<IpAddr, String> {
+        a.trim()
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IP address"))
+    };
+    let Some((a, b)) = s.split_once('-') else {
+        return Ok(SourceAddrs(vec![parse(s)?]));
+    };
+    let (first, last) = (parse(a)?, parse(b)?);
+    let (lo, hi, v4) = match (first, last) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => {
+            (u128::from(u32::from(x)), u128::from(u32::from(y)), true)
+        }
+        (IpAddr::V6(x), IpAddr::V6(y)) => (u128::from(x), u128::from(y), false),
+        _ => return Err(format!("range {s} mixes IPv4 and IPv6")),
+    };
+    if lo > hi {
+        return Err(format!("range {s} ends before it starts"));
+    }
+    if hi - lo >= MAX_SOURCE_RANGE {
+        return Err(format!(
+            "range {s} holds more than {MAX_SOURCE_RANGE} addresses"
+        ));
+    }
+    Ok(SourceAddrs(
+        (lo..=hi)
+            .map(|n| {
+                if v4 {
+                    IpAddr::V4((n as u32).into())
+                } else {
+                    IpAddr::V6(n.into())
+                }
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +404,8 @@ pub struct BenchReport {
     pub client_cpu_percent: f64,
     pub cores: usize,
     pub broker: Option<BrokerUsage>,
+    /// connect-storm and idle: what the connections did (absent for other scenarios).
+    pub connections: Option<ConnectionsReport>,
     pub errors: Vec<String>,
 }
 
@@ -349,11 +428,28 @@ impl BenchReport {
         if self.unexpected > 0 {
             f.push(format!("{} unexpected messages", self.unexpected));
         }
+        if let Some(c) = &self.connections {
+            if c.failed > 0 {
+                f.push(format!("{} of {} connections failed", c.failed, c.clients));
+            }
+            if c.dropped > 0 {
+                f.push(format!("{} connections dropped while held", c.dropped));
+            }
+            if c.connected + c.failed < c.clients {
+                f.push(format!(
+                    "{} connections neither connected nor failed",
+                    c.clients - c.connected - c.failed
+                ));
+            }
+        }
         f
     }
 
     /// A human-readable summary, several lines.
     pub fn summary(&self) -> String {
+        if let Some(c) = &self.connections {
+            return self.connections_summary(c);
+        }
         let mut s = String::new();
         let version = if self.mqtt_version == 5 {
             "5.0"
@@ -436,6 +532,85 @@ impl BenchReport {
     }
 }
 
+impl BenchReport {
+    fn connections_summary(&self, c: &ConnectionsReport) -> String {
+        let mut s = String::new();
+        let version = if self.mqtt_version == 5 {
+            "5.0"
+        } else {
+            "3.1.1"
+        };
+        let _ = writeln!(
+            s,
+            "{}{} MQTT {}: {} client(s), {} at a time, {} source address(es)",
+            self.label
+                .as_deref()
+                .map(|l| format!("[{l}] "))
+                .unwrap_or_default(),
+            self.scenario,
+            version,
+            c.clients,
+            c.concurrency,
+            c.source_addrs.max(1)
+        );
+        let _ = writeln!(
+            s,
+            "  connect: {} connected, {} failed in {:.2} s = {} CONNACK/s",
+            c.connected,
+            c.failed,
+            c.connect_secs,
+            human(c.connects_per_sec)
+        );
+        let l = &c.connect_latency;
+        let _ = writeln!(
+            s,
+            "  connect latency (us): p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  mean {:.0}",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+        );
+        if self.scenario == Scenario::Idle.name() {
+            let _ = writeln!(
+                s,
+                "  held {:.1} s: {} still connected, {} dropped, {} pings, {} pongs",
+                c.held_secs, c.still_connected, c.dropped, c.pings_sent, c.pongs_received
+            );
+        }
+        for (why, n) in &c.failure_reasons {
+            let _ = writeln!(s, "  {n} x {why}");
+        }
+        let _ = writeln!(
+            s,
+            "  load generator CPU: {:.2} s = {:.0}% of one core ({} cores){}",
+            self.client_cpu_secs,
+            self.client_cpu_percent,
+            self.cores,
+            c.bench_kib_per_connection
+                .map(|k| format!(", {k:.1} KiB per connection"))
+                .unwrap_or_default()
+        );
+        if let Some(b) = &self.broker {
+            let _ = writeln!(
+                s,
+                "  broker (pid {}): CPU {:.2} s = {:.0}% of one core, RSS {} -> {} KiB{}",
+                b.pid,
+                b.cpu_secs,
+                b.cpu_percent,
+                c.broker_rss_before_kib.unwrap_or(0),
+                c.broker_rss_end_kib.unwrap_or(0),
+                c.broker_kib_per_connection
+                    .map(|k| format!(" = {k:.2} KiB per connection"))
+                    .unwrap_or_default()
+            );
+        }
+        for e in &self.errors {
+            let _ = writeln!(s, "  error: {e}");
+        }
+        for f in self.failures() {
+            let _ = writeln!(s, "  FAILED: {f}");
+        }
+        s
+    }
+}
+
 fn human(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
@@ -461,6 +636,9 @@ impl Plan {
             Scenario::FanIn => (a.publishers.unwrap_or(8), a.subscribers.unwrap_or(1)),
             Scenario::FanOut => (a.publishers.unwrap_or(1), a.subscribers.unwrap_or(64)),
             Scenario::Shared => (a.publishers.unwrap_or(8), a.subscribers.unwrap_or(4)),
+            Scenario::ConnectStorm | Scenario::Idle => {
+                return bad(format!("{} has no publishers", a.scenario.name()))
+            }
             Scenario::Pairs => {
                 let n = a.publishers.or(a.subscribers).unwrap_or(100);
                 if a.subscribers.is_some_and(|s| s != n) {
@@ -523,6 +701,7 @@ impl Plan {
             Scenario::Pairs => format!("{}/pair/{i}", self.base),
             Scenario::Shared if single => format!("{}/shared", self.base),
             Scenario::Shared => format!("{}/shared/{i}", self.base),
+            Scenario::ConnectStorm | Scenario::Idle => unreachable!("Plan::new rejects them"),
         }
     }
 
@@ -534,6 +713,7 @@ impl Plan {
             Scenario::Pairs => format!("{}/pair/{i}", self.base),
             Scenario::Shared if single => format!("$share/{group}/{}/shared", self.base),
             Scenario::Shared => format!("$share/{group}/{}/shared/+", self.base),
+            Scenario::ConnectStorm | Scenario::Idle => unreachable!("Plan::new rejects them"),
         }
     }
 
@@ -541,7 +721,7 @@ impl Plan {
     fn fanout(&self) -> u64 {
         match self.scenario {
             Scenario::FanIn | Scenario::FanOut => u64::from(self.subs),
-            Scenario::Pairs | Scenario::Shared => 1,
+            Scenario::Pairs | Scenario::Shared | Scenario::ConnectStorm | Scenario::Idle => 1,
         }
     }
 
@@ -645,6 +825,9 @@ pub fn run_blocking(args: BenchArgs) -> Result<BenchReport, BenchError> {
 /// [`BenchError::Delivery`] / [`BenchError::ClientsFailed`] (carrying the report) when the
 /// run completed but failed its checks, or another error when it could not run.
 pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
+    if args.scenario.is_connections_only() {
+        return storm::run(args).await;
+    }
     let plan = Plan::new(&args)?;
     let targets = resolve(&args.targets).await?;
     let qos = QoS::from_u8(args.qos).expect("clap checks the range");
@@ -691,9 +874,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let setup_timeout = Duration::from_secs_f64(args.connect_timeout)
         * (1 + clients as u32 / args.connect_concurrency.max(1) as u32);
     let addr_of = |k: usize| targets[k % targets.len()];
-    let source_of = |k: usize| {
-        (!args.source_addrs.is_empty()).then(|| args.source_addrs[k % args.source_addrs.len()])
-    };
+    let sources = args.sources();
+    let source_of = |k: usize| (!sources.is_empty()).then(|| sources[k % sources.len()]);
     let progress = |msg: String| {
         if !args.quiet {
             eprintln!("{msg}");
@@ -1014,8 +1196,15 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
             .map(|n| n.get())
             .unwrap_or(1),
         broker,
+        connections: None,
         errors,
     };
+    finish(&args, report)
+}
+
+/// Prints the summary (unless --quiet) and the JSON (with --json); a report with errors
+/// or failed checks becomes the matching error.
+fn finish(args: &BenchArgs, report: BenchReport) -> Result<BenchReport, BenchError> {
     if !args.quiet {
         eprint!("{}", report.summary());
     }
@@ -1102,8 +1291,56 @@ mod tests {
             (a.mqtt_version, a.qos, a.count, a.rate),
             (5, 2, Some(1000), Some(50.5))
         );
-        assert_eq!(a.source_addrs.len(), 2);
+        assert_eq!(a.sources().len(), 2);
         assert!(a.json);
+    }
+
+    #[test]
+    fn source_addrs_take_ranges() {
+        let a = parse(&[
+            "idle",
+            "--source-addrs",
+            "127.0.0.9,127.0.0.1-127.0.0.3,::1",
+            "--clients",
+            "5",
+        ])
+        .unwrap();
+        let ips: Vec<String> = a.sources().iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            ips,
+            ["127.0.0.9", "127.0.0.1", "127.0.0.2", "127.0.0.3", "::1"]
+        );
+        assert_eq!((a.scenario, a.clients), (Scenario::Idle, 5));
+        let r = parse_source_addrs("127.0.0.250-127.0.1.4").unwrap();
+        assert_eq!(r.0.len(), 11);
+        assert!(parse_source_addrs("127.0.0.3-127.0.0.1").is_err());
+        assert!(parse_source_addrs("127.0.0.1-::1").is_err());
+        assert!(parse_source_addrs("10.0.0.0-10.255.255.255").is_err());
+        assert!(parse_source_addrs("localhost").is_err());
+        assert!(parse(&["connect-storm", "--source-addrs", "1.2.3"]).is_err());
+    }
+
+    #[test]
+    fn connection_failures_fail_the_run() {
+        let mut r = BenchReport {
+            scenario: "idle".into(),
+            connections: Some(ConnectionsReport {
+                clients: 10,
+                connected: 10,
+                still_connected: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(r.failures().is_empty());
+        assert!(r.summary().contains("10 still connected"));
+        if let Some(c) = r.connections.as_mut() {
+            c.dropped = 2;
+            c.connected = 9;
+            c.failed = 1;
+        }
+        assert_eq!(r.failures().len(), 2);
+        assert!(r.summary().contains("FAILED"));
     }
 
     #[test]

@@ -216,7 +216,10 @@ where
         // a client that died) exits 1.
         Command::Bench(args) => match tern_bench::run_blocking(args) {
             Ok(_) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("tern bench: {e}");
+                ExitCode::FAILURE
+            }
         },
         Command::Config {
             command: ConfigCommand::Show { config },
