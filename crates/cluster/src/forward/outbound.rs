@@ -4,8 +4,22 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use tern_broker::stats::{LatencyHistogram, LatencySnapshot};
+
 use super::frame::{approx_size, ForwardAck, ForwardBatch, Forwarded, SharedTarget};
 use crate::types::{NodeId, WireMessage};
+
+/// Times from queueing to acknowledgement of QoS 1/2 messages (for the metrics).
+#[derive(Default)]
+struct AckLatency(LatencyHistogram);
+
+impl std::fmt::Debug for AckLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AckLatency")
+            .field(&self.0.snapshot())
+            .finish()
+    }
+}
 
 /// How much one link may hold: messages waiting to be sent plus QoS 1/2 messages waiting
 /// for their ack. A peer that is down or slow must not grow a node's memory without bound.
@@ -100,6 +114,7 @@ pub struct Outbound {
     resent_total: u64,
     drops: DropCounts,
     ignored_acks: u64,
+    ack_latency: AckLatency,
 }
 
 impl Outbound {
@@ -121,6 +136,7 @@ impl Outbound {
             resent_total: 0,
             drops: DropCounts::default(),
             ignored_acks: 0,
+            ack_latency: AckLatency::default(),
         }
     }
 
@@ -242,6 +258,12 @@ impl Outbound {
     /// messages, whether still awaiting the ack or already queued for a resend (an ack
     /// that arrives after the link dropped). Acks of another epoch are ignored and counted.
     pub fn on_ack(&mut self, ack: ForwardAck) {
+        self.on_ack_at(ack, Instant::now());
+    }
+
+    /// [`on_ack`](Self::on_ack) at `now`: each released message's time since it was
+    /// queued goes into [`ack_latency`](Self::ack_latency).
+    pub fn on_ack_at(&mut self, ack: ForwardAck, now: Instant) {
         if ack.link_epoch != self.link_epoch {
             self.ignored_acks += 1;
             return;
@@ -251,6 +273,9 @@ impl Outbound {
         let kept = self.unacked.split_off(&(up_to.saturating_add(1)));
         let released = std::mem::replace(&mut self.unacked, kept);
         for entry in released.values() {
+            self.ack_latency
+                .0
+                .record(now.saturating_duration_since(entry.queued_at));
             self.forget(entry);
         }
         while let Some(first) = self.pending.first_entry() {
@@ -258,6 +283,9 @@ impl Outbound {
                 break;
             }
             let entry = first.remove();
+            self.ack_latency
+                .0
+                .record(now.saturating_duration_since(entry.queued_at));
             self.forget(&entry);
         }
     }
@@ -330,6 +358,12 @@ impl Outbound {
     }
 
     /// Acks of another epoch that were ignored.
+    /// Times from queueing to acknowledgement of the QoS 1/2 messages acknowledged so far
+    /// (resends included: a message's time runs from its first queueing).
+    pub fn ack_latency(&self) -> LatencySnapshot {
+        self.ack_latency.0.snapshot()
+    }
+
     pub fn ignored_acks(&self) -> u64 {
         self.ignored_acks
     }
@@ -548,5 +582,22 @@ mod tests {
             out.oldest_age(t0 + Duration::from_secs(3)),
             Some(Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn acks_record_the_time_since_queueing() {
+        let mut out = up(OutboundLimits::default());
+        let t0 = Instant::now();
+        out.push(msg(1, b"a"), None, t0);
+        out.push(msg(2, b"b"), None, t0 + Duration::from_millis(5));
+        let _ = out.next_batch(10, 1 << 20);
+        let ack = ForwardAck {
+            link_epoch: 7,
+            up_to: 2,
+        };
+        out.on_ack_at(ack, t0 + Duration::from_millis(20));
+        let h = out.ack_latency();
+        assert_eq!(h.count, 2);
+        assert!((h.sum_seconds - 0.035).abs() < 1e-9, "{h:?}");
     }
 }

@@ -73,6 +73,7 @@ pub(crate) struct Inner {
     pub departed: Notify,
     pub shared_ticket: AtomicU64,
     pub shutdown: watch::Sender<bool>,
+    pub stats: super::stats::NodeStats,
 }
 
 impl Inner {
@@ -105,6 +106,7 @@ impl Inner {
 
     /// Proposes through the leader, wherever it is; waits for the entry to apply.
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, ClusterError> {
+        self.stats.proposal();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let outcome = match self.leader() {
@@ -132,6 +134,7 @@ impl Inner {
                 None => Err("no leader".to_string()),
             };
             if Instant::now() >= deadline {
+                self.stats.proposal_failed();
                 return Err(match outcome {
                     Err(e) if e == "no leader" => ClusterError::NoLeader,
                     Err(e) => ClusterError::Raft(e),
@@ -266,6 +269,7 @@ pub(crate) async fn start(
         departed: Notify::new(),
         shared_ticket: AtomicU64::new(0),
         shutdown: watch::channel(false).0,
+        stats: Default::default(),
     });
     serve_requests(&inner);
 
@@ -672,6 +676,7 @@ async fn flush_proposals(weak: Weak<Inner>) {
         if commands.is_empty() {
             continue;
         }
+        inner.stats.batch(commands.len());
         let command = if commands.len() == 1 {
             commands.remove(0)
         } else {

@@ -6,6 +6,7 @@ mod core;
 mod forwarding;
 mod hooks;
 mod network;
+pub(crate) mod stats;
 mod status;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{ClusterConfig, ClusterTls, RaftTimings};
+pub use stats::{ClusterStats, HistogramSnapshot, PeerStats, BATCH_SIZE_BUCKETS};
 pub use status::{ClusterStatus, LinkView, MemberStatus};
 use tern_broker::{Broker, Cluster};
 
@@ -84,6 +86,12 @@ impl ClusterNode {
 
     pub async fn status(&self) -> ClusterStatus {
         status::collect(&self.inner)
+    }
+
+    /// Counters only the metrics show: Raft proposals and snapshots, and per peer the
+    /// link's frames and forwarding acknowledgement times.
+    pub fn stats(&self) -> ClusterStats {
+        stats::collect(&self.inner)
     }
 
     /// Leaves gracefully: out of the membership, then this node's routes and claims are

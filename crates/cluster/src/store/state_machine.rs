@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 
 use super::blocking;
 use super::snapshot_file::SnapshotDir;
+use crate::node::stats::SnapshotCounters;
 use crate::raft_types::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership, TypeConfig,
@@ -67,6 +68,7 @@ struct AppliedMeta {
 pub struct StateHandle {
     state: Arc<RwLock<ClusterState>>,
     events: broadcast::Sender<Applied>,
+    snapshots: Arc<SnapshotCounters>,
 }
 
 impl StateHandle {
@@ -78,6 +80,11 @@ impl StateHandle {
     /// Applied changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
         self.events.subscribe()
+    }
+
+    /// How many snapshots this state machine built and installed since the node started.
+    pub(crate) fn snapshot_counters(&self) -> &SnapshotCounters {
+        &self.snapshots
     }
 }
 
@@ -132,6 +139,7 @@ impl StateMachineStore {
                 handle: StateHandle {
                     state: Arc::new(RwLock::new(state)),
                     events,
+                    snapshots: Arc::default(),
                 },
                 meta: Mutex::new(meta),
                 snapshots,
@@ -221,6 +229,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             snapshot_id,
         };
         self.store_snapshot(meta.clone(), data.clone()).await?;
+        let counters = &self.inner.handle.snapshots;
+        counters.built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(SnapshotData::new(data)),
@@ -292,6 +302,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.membership = meta.last_membership.clone();
         }
         self.send(vec![Applied::Reset]);
+        let counters = &self.inner.handle.snapshots;
+        counters.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -3,8 +3,8 @@
 //! Each node has its own [`Registry`] (many nodes run in one test process, so the global
 //! default registry is never used). Nothing here is touched on the hot path: one custom
 //! [`Collector`] reads the broker's [`Stats`](tern_broker::Stats), the listeners' counters
-//! and, when clustered, a [`ClusterStatus`] snapshot at scrape time and turns them into
-//! metric families. The process collector adds `process_*` (memory, CPU, open files) on
+//! and, when clustered, a [`ClusterStatus`] and [`ClusterStats`] snapshot at scrape time
+//! and turns them into metric families. The process collector adds `process_*` (memory, CPU, open files) on
 //! Linux. docs/operations.md lists every metric; a test keeps the two in step.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +15,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tern_broker::stats::{DropReason, LATENCY_BUCKETS};
 use tern_broker::Broker;
+use tern_cluster::node::{ClusterStats, BATCH_SIZE_BUCKETS};
 use tern_cluster::{ClusterNode, ClusterStatus};
 
 use crate::listener::ListenerStats;
@@ -214,6 +215,41 @@ const LINK_OVERFLOW_DROPPED: Def = def(
     COUNTER,
     "Forwarded messages dropped because a peer node's backlog was full.",
 );
+const LINK_SENT_FRAMES: Def = def(
+    "tern_link_sent_frames_total",
+    COUNTER,
+    "Transport frames (Raft, requests, forwarded batches, acks) sent to a peer node.",
+);
+const LINK_RECEIVED_FRAMES: Def = def(
+    "tern_link_received_frames_total",
+    COUNTER,
+    "Transport frames (Raft, requests, forwarded batches, acks) received from a peer node.",
+);
+const FORWARD_ACK_SECONDS: Def = def(
+    "tern_forward_ack_seconds",
+    HISTOGRAM,
+    "Time from a QoS 1/2 message being queued for a peer node to that node's acknowledgement, sent after its local delivery (measured on this, the origin node).",
+);
+const RAFT_PROPOSALS: Def = def(
+    "tern_raft_proposals_total",
+    COUNTER,
+    "Commands this node proposed to Raft (a batch counts once), directly or through the leader.",
+);
+const RAFT_PROPOSAL_FAILURES: Def = def(
+    "tern_raft_proposal_failures_total",
+    COUNTER,
+    "Proposals of this node that did not commit within their 10 s deadline (route, claim and retained batches are then retried).",
+);
+const RAFT_PROPOSAL_BATCH: Def = def(
+    "tern_raft_proposal_batch_commands",
+    HISTOGRAM,
+    "Commands (route changes, claims, retained messages) per batched proposal of this node.",
+);
+const RAFT_SNAPSHOTS: Def = def(
+    "tern_raft_snapshots_total",
+    COUNTER,
+    "Raft state-machine snapshots: built by this node (log compaction) or installed from the leader.",
+);
 
 /// Every family the Tern collector can report (process_* come from the process collector).
 pub const ALL: &[&Def] = &[
@@ -254,6 +290,13 @@ pub const ALL: &[&Def] = &[
     &LINK_UNACKED,
     &LINK_RESENT,
     &LINK_OVERFLOW_DROPPED,
+    &LINK_SENT_FRAMES,
+    &LINK_RECEIVED_FRAMES,
+    &FORWARD_ACK_SECONDS,
+    &RAFT_PROPOSALS,
+    &RAFT_PROPOSAL_FAILURES,
+    &RAFT_PROPOSAL_BATCH,
+    &RAFT_SNAPSHOTS,
 ];
 
 /// The content type of [`NodeMetrics::render`]'s output.
@@ -264,7 +307,7 @@ pub struct NodeMetrics {
     registry: Registry,
     cluster: Option<Arc<ClusterNode>>,
     /// The cluster snapshot of the scrape under way; [`TernCollector`] reads it.
-    status: Arc<Mutex<Option<ClusterStatus>>>,
+    status: Arc<Mutex<Option<ClusterScrape>>>,
     /// One scrape at a time, so a scrape reads its own snapshot.
     scrape: Mutex<()>,
 }
@@ -312,14 +355,15 @@ impl NodeMetrics {
     /// Every metric now, in the text format.
     pub async fn render(&self) -> String {
         let status = match &self.cluster {
-            Some(cluster) => Some(cluster.status().await),
+            Some(cluster) => Some((cluster.status().await, cluster.stats())),
             None => None,
         };
         self.render_with(status)
     }
 
-    /// Every metric with `status` as the cluster's state (`None`: not clustered).
-    pub fn render_with(&self, status: Option<ClusterStatus>) -> String {
+    /// Every metric with `status` as the cluster's state and counters (`None`: not
+    /// clustered).
+    pub fn render_with(&self, status: Option<ClusterScrape>) -> String {
         let _scrape = lock(&self.scrape);
         *lock(&self.status) = status;
         let families = self.registry.gather();
@@ -332,11 +376,14 @@ impl NodeMetrics {
     }
 }
 
+/// What a scrape reads of the cluster: its status and the counters only metrics show.
+pub type ClusterScrape = (ClusterStatus, ClusterStats);
+
 /// Reads the node's counters at scrape time.
 struct TernCollector {
     broker: Arc<Broker>,
     listeners: Vec<(&'static str, Arc<ListenerStats>)>,
-    status: Arc<Mutex<Option<ClusterStatus>>>,
+    status: Arc<Mutex<Option<ClusterScrape>>>,
     descs: Vec<Desc>,
 }
 
@@ -344,7 +391,7 @@ impl TernCollector {
     fn new(
         broker: Arc<Broker>,
         listeners: Vec<(&'static str, Arc<ListenerStats>)>,
-        status: Arc<Mutex<Option<ClusterStatus>>>,
+        status: Arc<Mutex<Option<ClusterScrape>>>,
     ) -> Self {
         let descs = ALL
             .iter()
@@ -399,12 +446,21 @@ impl Families {
         self.family(def).mut_metric().push(metric);
     }
 
-    fn histogram(&mut self, def: &Def, cumulative: &[u64], count: u64, sum: f64) {
+    /// One histogram: cumulative counts per bound in `bounds`, then count (+Inf) and sum.
+    fn histogram(
+        &mut self,
+        def: &Def,
+        labels: Labels<'_>,
+        bounds: &[f64],
+        cumulative: &[u64],
+        count: u64,
+        sum: f64,
+    ) {
         let mut histogram = proto::Histogram::default();
         histogram.set_sample_count(count);
         histogram.set_sample_sum(sum);
         histogram.set_bucket(
-            LATENCY_BUCKETS
+            bounds
                 .iter()
                 .zip(cumulative)
                 .map(|(&bound, &n)| {
@@ -416,6 +472,7 @@ impl Families {
                 .collect(),
         );
         let mut metric = proto::Metric::default();
+        metric.set_label(label_pairs(labels));
         metric.set_histogram(histogram);
         self.family(def).mut_metric().push(metric);
     }
@@ -536,13 +593,15 @@ impl Collector for TernCollector {
         let latency = stats.delivery_latency.snapshot();
         f.histogram(
             &DELIVERY_SECONDS,
+            &[],
+            &LATENCY_BUCKETS,
             &latency.cumulative,
             latency.count,
             latency.sum_seconds,
         );
 
-        if let Some(status) = lock(&self.status).as_ref() {
-            cluster_families(&mut f, status);
+        if let Some((status, stats)) = lock(&self.status).as_ref() {
+            cluster_families(&mut f, status, stats);
         }
         f.0
     }
@@ -556,7 +615,7 @@ fn flag(b: bool) -> f64 {
     }
 }
 
-fn cluster_families(f: &mut Families, status: &ClusterStatus) {
+fn cluster_families(f: &mut Families, status: &ClusterStatus, stats: &ClusterStats) {
     f.value(&CLUSTER_READY, &[], flag(status.ready));
     f.value(&CLUSTER_ROUTES, &[], status.route_count as f64);
     f.value(
@@ -647,6 +706,56 @@ fn cluster_families(f: &mut Families, status: &ClusterStatus) {
             }
         }
     }
+
+    let peers: Vec<_> = stats
+        .peers
+        .iter()
+        .map(|p| {
+            let region = regions.get(&p.node_id).copied().unwrap_or("");
+            (p.node_id.to_string(), region, p)
+        })
+        .collect();
+    for (peer, region, p) in &peers {
+        let labels = [("peer", peer.as_str()), ("region", *region)];
+        f.value(&LINK_SENT_FRAMES, &labels, p.frames_sent as f64);
+    }
+    for (peer, region, p) in &peers {
+        let labels = [("peer", peer.as_str()), ("region", *region)];
+        f.value(&LINK_RECEIVED_FRAMES, &labels, p.frames_received as f64);
+    }
+    for (peer, region, p) in &peers {
+        let h = &p.forward_ack;
+        f.histogram(
+            &FORWARD_ACK_SECONDS,
+            &[("peer", peer), ("region", region)],
+            &LATENCY_BUCKETS,
+            &h.cumulative,
+            h.count,
+            h.sum_seconds,
+        );
+    }
+
+    f.value(&RAFT_PROPOSALS, &[], stats.proposals as f64);
+    f.value(&RAFT_PROPOSAL_FAILURES, &[], stats.proposal_failures as f64);
+    let batch = &stats.proposal_batch_size;
+    f.histogram(
+        &RAFT_PROPOSAL_BATCH,
+        &[],
+        &BATCH_SIZE_BUCKETS,
+        &batch.cumulative,
+        batch.count,
+        batch.sum,
+    );
+    f.value(
+        &RAFT_SNAPSHOTS,
+        &[("source", "built")],
+        stats.snapshots_built as f64,
+    );
+    f.value(
+        &RAFT_SNAPSHOTS,
+        &[("source", "installed")],
+        stats.snapshots_installed as f64,
+    );
 }
 
 #[cfg(test)]
@@ -719,6 +828,33 @@ mod tests {
         }
     }
 
+    fn cluster_stats() -> ClusterStats {
+        let ack = tern_broker::stats::LatencyHistogram::default();
+        ack.record(Duration::from_millis(3));
+        ack.record(Duration::from_millis(30));
+        ClusterStats {
+            proposals: 11,
+            proposal_failures: 1,
+            proposal_batch_size: tern_cluster::node::HistogramSnapshot {
+                cumulative: vec![1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+                count: 2,
+                sum: 4.0,
+            },
+            snapshots_built: 2,
+            snapshots_installed: 1,
+            peers: vec![tern_cluster::node::PeerStats {
+                node_id: 2,
+                frames_sent: 70,
+                frames_received: 80,
+                forward_ack: ack.snapshot(),
+            }],
+        }
+    }
+
+    fn scrape() -> Option<ClusterScrape> {
+        Some((cluster_status(), cluster_stats()))
+    }
+
     /// The sample line of `name` with exactly `labels` (as rendered), and its value.
     fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
         text.lines().find_map(|line| {
@@ -737,7 +873,7 @@ mod tests {
             .stats
             .delivery_latency
             .record(Duration::from_micros(700));
-        let text = metrics.render_with(Some(cluster_status()));
+        let text = metrics.render_with(scrape());
         let docs = include_str!("../../../../docs/operations.md");
         for def in ALL {
             let kind = match def.kind {
@@ -821,8 +957,57 @@ mod tests {
     #[test]
     fn cluster_families_follow_the_status() {
         let (_broker, metrics) = node_metrics();
-        let text = metrics.render_with(Some(cluster_status()));
+        let text = metrics.render_with(scrape());
         assert_eq!(sample(&text, "tern_raft_term"), Some(7.0));
+        assert_eq!(sample(&text, "tern_raft_proposals_total"), Some(11.0));
+        assert_eq!(
+            sample(&text, "tern_raft_proposal_failures_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "tern_raft_proposal_batch_commands_bucket{le=\"2\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "tern_raft_proposal_batch_commands_count"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "tern_raft_snapshots_total{source=\"built\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "tern_raft_snapshots_total{source=\"installed\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "tern_link_sent_frames_total{peer=\"2\",region=\"us\"}"
+            ),
+            Some(70.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "tern_link_received_frames_total{peer=\"2\",region=\"us\"}"
+            ),
+            Some(80.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "tern_forward_ack_seconds_bucket{peer=\"2\",region=\"us\",le=\"0.005\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "tern_forward_ack_seconds_count{peer=\"2\",region=\"us\"}"
+            ),
+            Some(2.0)
+        );
         assert_eq!(sample(&text, "tern_raft_leader{node_id=\"1\"}"), Some(1.0));
         assert_eq!(sample(&text, "tern_raft_is_leader"), Some(1.0));
         assert_eq!(sample(&text, "tern_raft_role{role=\"leader\"}"), Some(1.0));
@@ -876,7 +1061,7 @@ mod tests {
         // A follower knows the leader but reports no lag; a single node no Raft at all.
         let mut follower = cluster_status();
         follower.node_id = 2;
-        let text = metrics.render_with(Some(follower));
+        let text = metrics.render_with(Some((follower, cluster_stats())));
         assert_eq!(sample(&text, "tern_raft_is_leader"), Some(0.0));
         assert_eq!(
             sample(&text, "tern_raft_role{role=\"follower\"}"),
