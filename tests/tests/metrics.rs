@@ -186,7 +186,23 @@ async fn cluster_members_report_raft_and_links() {
             value(text, &format!("tern_raft_leader{{node_id=\"{leader}\"}}")),
             1.0
         );
+        // Counters only the metrics show: present from the start, moving with traffic.
+        assert!(text.contains("# TYPE tern_raft_proposals_total counter\n"));
+        assert!(text.contains("# TYPE tern_raft_proposal_batch_commands histogram\n"));
+        assert!(text.contains("tern_raft_snapshots_total{source=\"built\"} "));
+        assert!(text.contains("# TYPE tern_forward_ack_seconds histogram\n"));
         promtool_check(text);
+    }
+    for (text, (id, _, _)) in texts.iter().zip(&metrics) {
+        let peer = 1 - id;
+        let frames = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}{{peer=\"{peer}\"")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} for peer {peer}:\n{text}"))
+        };
+        assert!(frames("tern_link_sent_frames_total") >= 1.0);
+        assert!(frames("tern_link_received_frames_total") >= 1.0);
     }
     for (_, node, _) in &metrics {
         assert!(node.is_ready());
