@@ -85,11 +85,20 @@ async fn all_ready_with_voters(nodes: &[Node]) -> bool {
             return false;
         }
     }
-    let Some(s) = status(&nodes[0]).await else {
-        return false;
-    };
-    let members = s["members"].as_array().cloned().unwrap_or_default();
-    members.len() == NODES as usize && members.iter().filter(|m| m["role"] == "voter").count() == 3
+    // Every node sees all members, three voters, and no voter change half done (in a
+    // joint configuration a leader also needs a majority of the old voters, which
+    // killing one of two old voters would make impossible).
+    for n in nodes {
+        let Some(s) = status(n).await else {
+            return false;
+        };
+        let members = s["members"].as_array().cloned().unwrap_or_default();
+        let voters = members.iter().filter(|m| m["role"] == "voter").count();
+        if members.len() != NODES as usize || voters != 3 || s["membership_changing"] != false {
+            return false;
+        }
+    }
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

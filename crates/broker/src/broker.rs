@@ -198,6 +198,26 @@ impl Broker {
         self.subscriptions.read().len()
     }
 
+    /// Sessions that moved to another node which has not yet confirmed its routes (see
+    /// [`Broker::hand_over`]): a node must not stop while it has any.
+    pub fn moved_sessions(&self) -> usize {
+        let slots: Vec<Arc<SessionSlot>> = self.sessions.lock().values().cloned().collect();
+        slots
+            .iter()
+            .filter(|s| matches!(s.inner.lock().state, SlotState::Moved { .. }))
+            .count()
+    }
+
+    /// Client ids with a connection right now.
+    pub fn online_client_ids(&self) -> Vec<Arc<str>> {
+        let slots: Vec<Arc<SessionSlot>> = self.sessions.lock().values().cloned().collect();
+        slots
+            .into_iter()
+            .filter(|s| s.is_online())
+            .map(|s| s.client_id.clone())
+            .collect()
+    }
+
     /// Whether a session (online or offline) exists for this client id.
     pub fn has_session(&self, client_id: &str) -> bool {
         let slot = self.sessions.lock().get(client_id).cloned();

@@ -16,6 +16,11 @@ use crate::http::{self, Health};
 use crate::listener::{self, AcceptLoop, ListenerCounts};
 use crate::metrics::NodeMetrics;
 
+/// Longest a stopping node waits for session handovers to finish: clients it disconnected
+/// reconnecting elsewhere and fetching their persistent sessions, and new nodes making
+/// their routes known. A client that takes longer to come back finds its session gone.
+const HANDOVER_DRAIN: Duration = Duration::from_secs(10);
+
 /// Extra time, beyond the grace period, that shutdown waits for the broker before going on.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
@@ -224,6 +229,8 @@ impl RunningNode {
             }
         }
         self.mqtt.stop_accepting().await;
+        // Their persistent sessions move to whichever node they reconnect to.
+        let reconnecting = self.broker.online_client_ids();
         if tokio::time::timeout(
             self.grace + SHUTDOWN_SLACK,
             self.broker.shutdown(self.grace),
@@ -237,6 +244,7 @@ impl RunningNode {
         }
         self.mqtt.stop().await;
         if let Some(cluster) = &self.cluster {
+            cluster.drain(HANDOVER_DRAIN, &reconnecting).await;
             if tokio::time::timeout(SHUTDOWN_SLACK + self.grace, cluster.shutdown())
                 .await
                 .is_err()

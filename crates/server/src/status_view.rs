@@ -27,6 +27,12 @@ pub fn render(status: &ClusterStatus) -> String {
         opt(status.commit_index),
         opt(status.applied_index)
     );
+    if status.membership_changing {
+        let _ = writeln!(
+            out,
+            "Membership: a voter change is in progress (joint configuration)"
+        );
+    }
     let _ = writeln!(
         out,
         "Routes: {}   Shared routes: {}   Claims: {}   Retained: {}",
@@ -168,6 +174,7 @@ mod tests {
                 member(1, "eu", "voter"),
                 member(2, "us", "learner"),
             ],
+            membership_changing: false,
             route_count: 7,
             shared_route_count: 0,
             claim_count: 2,

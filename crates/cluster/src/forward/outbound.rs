@@ -101,6 +101,8 @@ pub struct Outbound {
     next_seq: u64,
     /// Highest sequence ever handed out; everything not yet handed out is above it.
     highest_sent: u64,
+    /// Highest sequence the peer has processed (cumulative ack), in this epoch.
+    acked_up_to: u64,
     /// To be handed out on the current link, by sequence: resends first (they have the
     /// lowest sequences), then messages never sent.
     pending: BTreeMap<u64, Entry>,
@@ -128,6 +130,7 @@ impl Outbound {
             link_up: false,
             next_seq: 1,
             highest_sent: 0,
+            acked_up_to: 0,
             pending: BTreeMap::new(),
             qos0_pending: VecDeque::new(),
             qos0_bytes: 0,
@@ -270,6 +273,7 @@ impl Outbound {
         }
         // Nothing above `highest_sent` has been sent, so nothing above it can be acked.
         let up_to = ack.up_to.min(self.highest_sent);
+        self.acked_up_to = self.acked_up_to.max(up_to);
         let kept = self.unacked.split_off(&(up_to.saturating_add(1)));
         let released = std::mem::replace(&mut self.unacked, kept);
         for entry in released.values() {
@@ -321,6 +325,24 @@ impl Outbound {
 
     pub fn is_link_up(&self) -> bool {
         self.link_up
+    }
+
+    /// The sequence of the last message queued (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Whether the peer has processed every message queued up to `seq` that it will
+    /// ever get: none is waiting to be sent, and everything sent is acknowledged.
+    /// (Messages the backlog limits dropped never arrive, and do not hold this up.)
+    /// A session handover waits for this so that nothing routed to the old node before
+    /// the new route was known arrives there after it let go.
+    pub fn processed_through(&self, seq: u64) -> bool {
+        let waiting = self
+            .pending
+            .first_key_value()
+            .is_some_and(|(s, _)| *s <= seq);
+        !waiting && self.acked_up_to >= seq.min(self.highest_sent)
     }
 
     /// Messages held: waiting to be sent (or resent) plus awaiting an ack.
@@ -467,6 +489,62 @@ mod tests {
     }
 
     #[test]
+    fn processed_through_waits_for_sending_and_the_ack_of_everything_up_to_a_mark() {
+        let mut out = Outbound::new(1, 7, OutboundLimits::default());
+        assert!(out.processed_through(out.last_seq()), "nothing queued yet");
+        push_all(&mut out, &[1, 0, 1]);
+        let mark = out.last_seq();
+        assert_eq!(mark, 3);
+        assert!(
+            !out.processed_through(mark),
+            "queued while the link is down"
+        );
+        out.on_link_up();
+        let _ = out.next_batch(2, 1 << 20);
+        push_all(&mut out, &[0]);
+        assert!(!out.processed_through(mark), "sent, not acknowledged");
+        out.on_ack(ForwardAck {
+            link_epoch: 7,
+            up_to: 2,
+        });
+        assert!(!out.processed_through(mark), "3 not yet sent");
+        assert!(
+            out.processed_through(2),
+            "QoS 0 covered by the cumulative ack"
+        );
+        let _ = out.next_batch(10, 1 << 20);
+        out.on_ack(ForwardAck {
+            link_epoch: 8,
+            up_to: 4,
+        });
+        assert!(
+            !out.processed_through(mark),
+            "an ack of another epoch says nothing"
+        );
+        out.on_ack(ForwardAck {
+            link_epoch: 7,
+            up_to: 4,
+        });
+        assert!(out.processed_through(mark) && out.processed_through(4));
+    }
+
+    #[test]
+    fn processed_through_skips_what_the_backlog_limits_dropped() {
+        let mut out = up(OutboundLimits {
+            max_backlog_messages: 2,
+            max_backlog_bytes: 1 << 20,
+        });
+        push_all(&mut out, &[0, 0]);
+        push_all(&mut out, &[0]); // evicts 1
+        let _ = out.next_batch(10, 1 << 20);
+        out.on_ack(ForwardAck {
+            link_epoch: 7,
+            up_to: 3,
+        });
+        assert!(out.processed_through(3));
+    }
+
+    #[test]
     fn acks_arriving_after_the_link_dropped_still_release() {
         let mut out = up(OutboundLimits::default());
         push_all(&mut out, &[1, 1, 1]);
@@ -583,7 +661,6 @@ mod tests {
             Some(Duration::from_secs(2))
         );
     }
-
     #[test]
     fn acks_record_the_time_since_queueing() {
         let mut out = up(OutboundLimits::default());

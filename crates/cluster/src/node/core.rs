@@ -58,6 +58,10 @@ pub(crate) struct Inner {
     pub broker: OnceLock<Weak<Broker>>,
     pub routes: Mutex<RouteBatcher>,
     pub pending_claims: Mutex<Vec<String>>,
+    /// Set on a restart with an existing log: whatever the log says this node owned
+    /// (routes, claims) died with its previous run, and goes in the next proposal, ahead
+    /// of anything new.
+    pub purge_own_state: AtomicBool,
     /// Retained messages set or cleared here and not yet committed; the latest per topic.
     pub pending_retained:
         Mutex<std::collections::BTreeMap<String, Option<crate::types::WireMessage>>>,
@@ -259,6 +263,7 @@ pub(crate) async fn start(
         broker: OnceLock::new(),
         routes: Mutex::new(RouteBatcher::new()),
         pending_claims: Mutex::new(Vec::new()),
+        purge_own_state: AtomicBool::new(false),
         pending_retained: Mutex::new(std::collections::BTreeMap::new()),
         proposals_due: Notify::new(),
         peers: Mutex::new(HashMap::new()),
@@ -290,6 +295,8 @@ pub(crate) async fn start(
         tokio::spawn(join(inner.clone()));
     } else {
         info!(node = id, "rejoining with the data directory's log");
+        inner.purge_own_state.store(true, Ordering::Relaxed);
+        inner.proposals_due.notify_one();
     }
     tokio::spawn(reconcile_voters(Arc::downgrade(&inner)));
     tokio::spawn(watch_readiness(Arc::downgrade(&inner)));
@@ -408,6 +415,17 @@ fn serve_requests(inner: &Arc<Inner>) {
             async move {
                 let inner = inner.ok_or("node stopping")?;
                 encode(&inner.metrics().last_applied.map(|l| l.index))
+            }
+        });
+    let w = Arc::downgrade(inner);
+    inner
+        .transport
+        .set_request_handler(kind::FORWARDS_FLUSHED, move |_, body| {
+            let inner = w.upgrade();
+            async move {
+                let inner = inner.ok_or("node stopping")?;
+                let request: FlushRequest = decode(&body)?;
+                encode(&forwards_flushed(&inner, request, FLUSH_WAIT).await)
             }
         });
     // Any node may hold a departing session, leader or not.
@@ -670,7 +688,11 @@ async fn flush_proposals(weak: Weak<Inner>) {
             .into_iter()
             .map(|(topic, message)| Command::Retain { topic, message })
             .collect();
-        let mut commands: Vec<Command> = routes.into_iter().collect();
+        let mut commands: Vec<Command> = Vec::new();
+        if inner.purge_own_state.swap(false, Ordering::Relaxed) {
+            commands.push(Command::PurgeNode { node: inner.id });
+        }
+        commands.extend(routes);
         commands.extend(claims);
         commands.extend(retained);
         if commands.is_empty() {
@@ -703,6 +725,9 @@ fn restore(inner: &Inner, command: Command) {
                 .or_insert(message);
         }
         Command::Batch(commands) => commands.into_iter().for_each(|c| restore(inner, c)),
+        Command::PurgeNode { node } if node == inner.id => {
+            inner.purge_own_state.store(true, Ordering::Relaxed);
+        }
         _ => {}
     }
 }
@@ -817,6 +842,48 @@ pub(crate) async fn take_session(
     wire.map(|w| Session::from_parts(w.into_parts()))
 }
 
+/// How long a member waits, per request, for its flush before answering false.
+const FLUSH_WAIT: Duration = Duration::from_secs(3);
+
+/// A [`kind::FORWARDS_FLUSHED`] request: has the asked node applied up to `applied`, and
+/// has `peer` processed everything it queued for `peer` until then?
+#[derive(Serialize, Deserialize)]
+pub(crate) struct FlushRequest {
+    applied: Option<u64>,
+    peer: NodeId,
+}
+
+/// Waits (at most `wait`) until this node has applied `request.applied`, then until the
+/// peer has processed every message queued for it up to that moment. `forward` queues a
+/// message's copies while it holds the state's read lock, and applying a route change
+/// takes the write lock, so at that moment every message routed by the old routes is in
+/// the queue. The old node of a session handover must not let go of the session's
+/// subscriptions before those messages reached it, or they would reach nobody.
+async fn forwards_flushed(inner: &Arc<Inner>, request: FlushRequest, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while inner.metrics().last_applied.map(|l| l.index) < request.applied {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let link = inner.peers.lock().get(&request.peer).cloned();
+    let Some(link) = link else {
+        return true; // never forwarded anything there
+    };
+    let mark = link.outbound.lock().last_seq();
+    loop {
+        if link.outbound.lock().processed_through(mark) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        link.wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// After taking `client_id`'s session from `from`: once this node's replica shows routes
 /// for every filter of the session (so other nodes forward here), tells `from` to drop
 /// its copies of the subscriptions and delivers what they caught in between.
@@ -841,9 +908,13 @@ pub(crate) async fn finish_handover(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Every node must forward here before the old node lets go: wait until each member
-    // has applied as far as this node had when its routes showed.
-    let target = inner.metrics().last_applied.map(|l| l.index);
+    // Every node must forward here before the old node lets go: each member applies as
+    // far as this node had when its routes showed, and the old node processes whatever
+    // that member routed to it before (see `forwards_flushed`).
+    let request = FlushRequest {
+        applied: inner.metrics().last_applied.map(|l| l.index),
+        peer: from,
+    };
     let members: Vec<NodeId> = inner
         .metrics()
         .membership_config
@@ -851,22 +922,25 @@ pub(crate) async fn finish_handover(
         .nodes()
         .map(|(&id, _)| id)
         .collect();
-    let probe = encode(&()).unwrap_or_default();
+    let Ok(probe) = encode(&request) else { return };
     for member in members.into_iter().filter(|&m| m != inner.id) {
         while Instant::now() < deadline {
-            let applied = match inner
+            match inner
                 .transport
-                .request(member, kind::APPLIED, probe.clone(), RPC_TIMEOUT)
+                .request(
+                    member,
+                    kind::FORWARDS_FLUSHED,
+                    probe.clone(),
+                    FLUSH_WAIT + RPC_TIMEOUT,
+                )
                 .await
+                .map(|answer| decode::<bool>(&answer))
             {
-                Ok(answer) => decode::<Option<u64>>(&answer).ok().flatten(),
+                Ok(Ok(true)) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 // An unreachable member forwards nothing anyway.
                 Err(_) => break,
-            };
-            if applied >= target {
-                break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     let Ok(body) = encode(&client_id) else { return };

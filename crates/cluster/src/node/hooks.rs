@@ -34,21 +34,22 @@ impl Cluster for Hooks {
         let inner = &self.0;
         let mut nodes = Vec::new();
         let mut shared = Vec::new();
-        {
-            let state = inner.state.read();
-            state.nodes_for_topic(&message.topic, inner.id, |n| nodes.push(n));
-            state.shared_groups_for_topic(&message.topic, |group, filter, members| {
-                let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
-                if let Some(node) = pick_weighted(members, ticket) {
-                    let others: Vec<_> = members
-                        .iter()
-                        .filter(|(n, _)| *n != inner.id)
-                        .copied()
-                        .collect();
-                    shared.push((group.to_string(), filter.to_string(), node, others));
-                }
-            });
-        }
+        // The read guard is held until every copy is queued: a route change waits for
+        // it, so once a node has applied a change, everything routed by the old routes
+        // is already in the links' queues (what a session handover's flush relies on).
+        let state = inner.state.read();
+        state.nodes_for_topic(&message.topic, inner.id, |n| nodes.push(n));
+        state.shared_groups_for_topic(&message.topic, |group, filter, members| {
+            let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
+            if let Some(node) = pick_weighted(members, ticket) {
+                let others: Vec<_> = members
+                    .iter()
+                    .filter(|(n, _)| *n != inner.id)
+                    .copied()
+                    .collect();
+                shared.push((group.to_string(), filter.to_string(), node, others));
+            }
+        });
         if nodes.is_empty() && shared.is_empty() {
             return;
         }
@@ -82,6 +83,7 @@ impl Cluster for Hooks {
                 );
             }
         }
+        drop(state);
     }
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {

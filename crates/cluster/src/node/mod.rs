@@ -12,6 +12,7 @@ mod status;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::{ClusterConfig, ClusterTls, RaftTimings};
 pub use stats::{ClusterStats, HistogramSnapshot, PeerStats, BATCH_SIZE_BUCKETS};
@@ -115,6 +116,53 @@ impl ClusterNode {
             .propose(crate::types::Command::PurgeNode { node: id })
             .await?;
         Ok(())
+    }
+
+    /// The graceful stop's step between the broker's shutdown and [`Self::shutdown`]:
+    /// waits (at most `wait`) until every session handover this node takes part in is
+    /// over: sessions given up and not yet fetched by their new node, subscriptions kept
+    /// for a session that moved until its new node's routes are everywhere, and the
+    /// persistent sessions of `reconnecting` (the clients the shutdown disconnected),
+    /// which move to whichever node their clients reconnect to. Then it withdraws this
+    /// node's routes and claims, since the sessions still here end with it. Returns false
+    /// if it gave up waiting or could not withdraw.
+    pub async fn drain(&self, wait: Duration, reconnecting: &[Arc<str>]) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let broker = self.inner.broker();
+            let moved = broker.as_ref().map_or(0, |b| b.moved_sessions());
+            let departing = self.inner.departing.lock().len();
+            let staying = broker.as_ref().map_or(0, |b| {
+                reconnecting.iter().filter(|id| b.has_session(id)).count()
+            });
+            if moved == 0 && departing == 0 && staying == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    moved,
+                    departing,
+                    sessions_not_taken = staying,
+                    "session handovers still running at shutdown; stopping anyway"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let purge = crate::types::Command::PurgeNode {
+            node: self.inner.id,
+        };
+        match tokio::time::timeout_at(deadline, self.inner.propose(purge)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not withdraw this node's routes at shutdown");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("withdrawing this node's routes at shutdown timed out");
+                false
+            }
+        }
     }
 
     /// Stops Raft and closes the links (after the broker has shut down).

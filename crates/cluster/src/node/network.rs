@@ -34,6 +34,9 @@ pub(crate) mod kind {
     pub const FINISH_HANDOVER: u8 = 15;
     /// A node's own applied index (any node answers).
     pub const APPLIED: u8 = 16;
+    /// Once this node has applied up to an index, has the given peer processed every
+    /// message this node queued for it? (A session handover's last step.)
+    pub const FORWARDS_FLUSHED: u8 = 17;
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {

@@ -15,6 +15,10 @@ pub struct ClusterStatus {
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// A voter change is half done (Raft's joint configuration): until it completes,
+    /// a leader needs a majority of both the old and the new voters.
+    #[serde(default)]
+    pub membership_changing: bool,
     pub route_count: usize,
     /// (group, filter, node) entries of shared subscriptions.
     #[serde(default)]
@@ -111,6 +115,7 @@ pub(crate) fn collect(inner: &super::core::Inner) -> ClusterStatus {
         commit_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
         members,
+        membership_changing: membership.get_joint_config().len() > 1,
         route_count: state.route_count(),
         shared_route_count: state.shared_count(),
         claim_count: state.claim_count(),

@@ -798,6 +798,7 @@ mod tests {
             term: 7,
             commit_index: Some(42),
             applied_index: Some(41),
+            membership_changing: false,
             members: vec![
                 member(1, "eu", "voter", 42),
                 member(2, "us", "voter", 40),
