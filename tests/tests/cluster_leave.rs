@@ -61,3 +61,135 @@ async fn a_leaving_node_takes_its_routes_with_it() {
     );
     cluster.shutdown().await;
 }
+
+/// `cluster.leave_on_shutdown`: SIGTERM makes a real `tern serve` leave the membership and
+/// take its routes along, and exit cleanly; the other two keep a leader and deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_leave_on_shutdown_leaves_the_cluster() {
+    use std::net::SocketAddr;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    use tern_tests::external::{free_port, http_get};
+    use tern_tests::process::clustered_serve_command;
+    use tern_tests::{tern_binary, unique_temp_dir, ChildGuard};
+
+    async fn status(http: SocketAddr) -> Option<serde_json::Value> {
+        let (code, body) = http_get(http, "/api/v1/cluster").await?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+    async fn wait_status(
+        http: SocketAddr,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(s) = status(http).await {
+                if cond(&s) {
+                    return s;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}: {s}"
+                );
+            } else {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let root = unique_temp_dir("tern-leave-sigterm");
+    let certs = root.join("certs");
+    let out = Command::new(tern_binary())
+        .args(["cert", "--nodes", "0,1,2", "--dir"])
+        .arg(&certs)
+        .output()
+        .expect("tern cert");
+    assert!(out.status.success(), "tern cert failed");
+    let quic: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().expect("addr") };
+    let mqtt: Vec<SocketAddr> = (0..3).map(|_| addr(free_port())).collect();
+    let http: Vec<SocketAddr> = (0..3).map(|_| addr(free_port())).collect();
+    let mut guards: Vec<Option<ChildGuard>> = (0..3)
+        .map(|id| {
+            let mut cmd = clustered_serve_command(
+                id,
+                &quic,
+                mqtt[id],
+                http[id],
+                &root.join(format!("d{id}")),
+                &certs,
+            );
+            if id == 2 {
+                cmd.args(["--set", "cluster.leave_on_shutdown=true"]);
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            Some(ChildGuard::spawn(&mut cmd).expect("spawn tern serve"))
+        })
+        .collect();
+    for h in &http {
+        wait_status(*h, "3 ready members, 3 voters", |s| {
+            let members = s["members"].as_array().map_or(0, Vec::len);
+            let voters = s["members"]
+                .as_array()
+                .map_or(0, |m| m.iter().filter(|m| m["role"] == "voter").count());
+            s["ready"] == true && members == 3 && voters == 3 && s["membership_changing"] == false
+        })
+        .await;
+    }
+
+    let mut staying = RawClient::v5(mqtt[1], "stays").await;
+    staying.subscribe("bye/#", QoS::AtLeastOnce).await;
+    let mut leaving = RawClient::v5(mqtt[2], "goes").await;
+    leaving.subscribe("bye/#", QoS::AtLeastOnce).await;
+    wait_status(http[0], "both routes", |s| s["route_count"] == 2).await;
+
+    let mut node2 = guards[2].take().expect("node 2");
+    let term = Command::new("kill")
+        .args(["-TERM", &node2.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = node2.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 still running 40 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "node 2 exited with {exit}");
+
+    // Both survivors: two members, a leader, and only node 1's route left.
+    for h in &http[..2] {
+        wait_status(*h, "node 2 gone with its route", |s| {
+            s["members"].as_array().map_or(0, Vec::len) == 2
+                && s["leader"].is_u64()
+                && s["route_count"] == 1
+        })
+        .await;
+    }
+    let mut publisher = RawClient::v5(mqtt[0], "pub").await;
+    for i in 0..20 {
+        publisher
+            .publish("bye/x", format!("{i}"), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let got: Vec<String> = staying
+        .recv_publishes(20)
+        .await
+        .iter()
+        .map(|p| text(&p.payload))
+        .collect();
+    assert_eq!(got, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+    drop(guards);
+    let _ = std::fs::remove_dir_all(&root);
+}

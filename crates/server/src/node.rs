@@ -210,24 +210,15 @@ impl RunningNode {
         self.health.is_ready()
     }
 
-    /// Graceful stop, as on SIGTERM: report not ready, leave the cluster if
-    /// `cluster.leave_on_shutdown` (within the grace period), stop accepting MQTT
-    /// connections, give the broker the grace period to disconnect its clients, end
-    /// whatever is left, stop the cluster member, and close the HTTP endpoint last. Both
+    /// Graceful stop, as on SIGTERM: report not ready, stop accepting MQTT connections,
+    /// give the broker the grace period to disconnect its clients, end whatever is left,
+    /// let the sessions of clients that reconnect elsewhere move there (see
+    /// `ClusterNode::drain`), leave the cluster if `cluster.leave_on_shutdown` (within the
+    /// grace period), stop the cluster member, and close the HTTP endpoint last. Both
     /// ports are closed when this returns.
     pub async fn shutdown(mut self) {
         tracing::info!(grace_secs = self.grace.as_secs(), "shutting down");
         self.health.set_ready(false);
-        if let (Some(cluster), true) = (&self.cluster, self.leave_on_shutdown) {
-            match tokio::time::timeout(self.grace, cluster.leave()).await {
-                Ok(Ok(())) => tracing::info!("left the cluster"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the cluster"),
-                Err(_) => tracing::warn!(
-                    grace_secs = self.grace.as_secs(),
-                    "leaving the cluster overran the grace period; stopping anyway"
-                ),
-            }
-        }
         self.mqtt.stop_accepting().await;
         // Their persistent sessions move to whichever node they reconnect to.
         let reconnecting = self.broker.online_client_ids();
@@ -245,6 +236,17 @@ impl RunningNode {
         self.mqtt.stop().await;
         if let Some(cluster) = &self.cluster {
             cluster.drain(HANDOVER_DRAIN, &reconnecting).await;
+            // Only now: a member that left is no longer asked for the sessions it held.
+            if self.leave_on_shutdown {
+                match tokio::time::timeout(self.grace, cluster.leave()).await {
+                    Ok(Ok(())) => tracing::info!("left the cluster"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the cluster"),
+                    Err(_) => tracing::warn!(
+                        grace_secs = self.grace.as_secs(),
+                        "leaving the cluster overran the grace period; stopping anyway"
+                    ),
+                }
+            }
             if tokio::time::timeout(SHUTDOWN_SLACK + self.grace, cluster.shutdown())
                 .await
                 .is_err()

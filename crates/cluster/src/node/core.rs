@@ -399,8 +399,16 @@ fn serve_requests(inner: &Arc<Inner>) {
             .map(|r| r.data)
             .map_err(|e| e.to_string())
     });
+    // The commit index, confirmed by a quorum (openraft's read index: the leader checks
+    // it still leads before answering), so that `/readyz` means "caught up with what the
+    // cluster had committed when I asked".
     serve_on_leader(inner, kind::LEADER_APPLIED, |inner, (): ()| async move {
-        Ok(inner.metrics().last_applied.map(|l| l.index))
+        inner
+            .raft
+            .get_read_log_id()
+            .await
+            .map(|(read, _applied)| read.map(|l| l.index))
+            .map_err(|e| e.to_string())
     });
     serve_on_leader(
         inner,

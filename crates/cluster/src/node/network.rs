@@ -23,7 +23,7 @@ pub(crate) mod kind {
     pub const JOIN: u8 = 10;
     /// A follower hands a command to the leader to propose.
     pub const PROPOSE: u8 = 11;
-    /// The leader's applied index, for a follower's readiness check.
+    /// The leader's commit index (confirmed by a quorum), for a follower's readiness check.
     pub const LEADER_APPLIED: u8 = 12;
     /// Take a client's session from the node that had it.
     pub const TAKE_SESSION: u8 = 13;
