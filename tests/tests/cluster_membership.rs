@@ -225,3 +225,68 @@ async fn five_nodes_keep_three_voters_in_distinct_regions_and_survive_a_voter_cr
     }
     cluster.shutdown().await;
 }
+
+/// `cluster.remove_dead_after_secs`: the leader removes a member it has had no link to
+/// for that long (a StatefulSet scaled down), purges its routes, promotes the learner to
+/// keep three voters; the node, restarted on its old data directory, joins again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_member_is_removed_and_comes_back_as_a_learner() {
+    let mut cluster = TestCluster::start_with(4, 3, |_, c| c.remove_dead_after_secs = 2).await;
+    assert!(cluster.wait_formed(3, FORM).await, "4 members, 3 voters");
+    let status = cluster.node(0).cluster.status().await;
+    let leader = status.leader.expect("a leader");
+    let victim = status
+        .members
+        .iter()
+        .find(|m| m.role == "voter" && m.node_id != leader)
+        .map(|m| usize::try_from(m.node_id).expect("small"))
+        .expect("a voter that does not lead");
+    let victim_id = victim as u64;
+    let mut sub = RawClient::v5(cluster.node(victim).mqtt_addr, "dead-sub").await;
+    sub.subscribe("dead/#", QoS::AtLeastOnce).await;
+    assert!(
+        cluster.wait_all(SETTLE, |s| s.route_count == 1).await,
+        "every node knows the victim's route"
+    );
+    drop(sub);
+
+    let stopped = cluster.stop(victim).await;
+    let started = std::time::Instant::now();
+    assert!(
+        cluster
+            .wait_all(SETTLE, |s| {
+                let voters = s.members.iter().filter(|m| m.role == "voter").count();
+                s.members.len() == 3
+                    && !s.members.iter().any(|m| m.node_id == victim_id)
+                    && voters == 3
+                    && s.route_count == 0
+                    && !s.membership_changing
+            })
+            .await,
+        "node {victim} removed with its route; the learner promoted: {:?}",
+        cluster.node(leader as usize).cluster.status().await
+    );
+    eprintln!(
+        "node {victim} removed and a learner promoted {:?} after it stopped",
+        started.elapsed()
+    );
+    let removed: u64 = cluster
+        .running()
+        .map(|n| n.cluster.stats().dead_members_removed)
+        .sum();
+    assert_eq!(removed, 1, "one removal, counted");
+
+    cluster.restart(stopped).await;
+    assert!(
+        cluster
+            .wait_all(FORM, |s| {
+                s.ready
+                    && s.members
+                        .iter()
+                        .any(|m| m.node_id == victim_id && m.role == "learner")
+            })
+            .await,
+        "node {victim} joined again as a learner"
+    );
+    cluster.shutdown().await;
+}

@@ -33,6 +33,10 @@ pub struct ClusterConfig {
     /// Leave the cluster (hand clients over, withdraw routes, leave the membership) on
     /// SIGTERM instead of only stopping.
     pub leave_on_shutdown: bool,
+    /// The leader removes a member (and purges its routes and claims) once no link to it
+    /// has been up for this many seconds; 0 never does. Covers a StatefulSet scaled down
+    /// and nodes that are gone for good; a removed node that comes back joins again.
+    pub remove_dead_after_secs: u64,
     /// Certificates for the links between nodes; `tern cert` writes a set for a local
     /// cluster.
     pub tls: ClusterTls,
@@ -57,6 +61,7 @@ impl Default for ClusterConfig {
             seeds: Vec::new(),
             voters: 3,
             leave_on_shutdown: false,
+            remove_dead_after_secs: 300,
             tls: ClusterTls::default(),
             raft: RaftTimings::default(),
             route_batch_ms: 10,

@@ -297,6 +297,11 @@ pub(crate) async fn start(
         info!(node = id, "rejoining with the data directory's log");
         inner.purge_own_state.store(true, Ordering::Relaxed);
         inner.proposals_due.notify_one();
+        // Asking to join again is a no-op for a member, and brings back a node that was
+        // removed while it was down.
+        if !inner.config.seeds.is_empty() {
+            tokio::spawn(join(inner.clone()));
+        }
     }
     tokio::spawn(reconcile_voters(Arc::downgrade(&inner)));
     tokio::spawn(watch_readiness(Arc::downgrade(&inner)));
@@ -383,6 +388,16 @@ async fn join(inner: Arc<Inner>) {
 
 fn serve_requests(inner: &Arc<Inner>) {
     serve_on_leader(inner, kind::JOIN, |inner, req: JoinRequest| async move {
+        // A restarted member asks again: nothing to do.
+        let member = inner
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&req.node_id)
+            .is_some();
+        if member {
+            return Ok(());
+        }
         inner
             .raft
             .add_learner(req.node_id, req.info.clone(), false)
@@ -577,6 +592,7 @@ pub(crate) async fn request_membership(
 /// preferring learners from regions without a voter, and only learners that caught up.
 async fn reconcile_voters(weak: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
+    let mut dead = DeadMembers::default();
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
@@ -586,7 +602,23 @@ async fn reconcile_voters(weak: Weak<Inner>) {
         inner.ensure_peer_addresses();
         let m = inner.metrics();
         if m.current_leader != Some(inner.id) {
+            // A new leader counts from the moment it leads.
+            dead = DeadMembers::default();
             continue;
+        }
+        if m.membership_config.membership().get_joint_config().len() == 1 {
+            if let Some(node) = dead.observe(&inner, Instant::now()) {
+                warn!(
+                    node,
+                    after_secs = inner.config.remove_dead_after_secs,
+                    "no link to this member for too long: removing it from the cluster"
+                );
+                match apply_membership(&inner, MembershipRequest::Remove(node)).await {
+                    Ok(()) => inner.stats.dead_member_removed(),
+                    Err(e) => warn!(node, error = %e, "could not remove a dead member"),
+                }
+                continue;
+            }
         }
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -620,6 +652,40 @@ async fn reconcile_voters(weak: Weak<Inner>) {
             Ok(_) => info!(node = pick, region = %region(&pick), "promoted to voter"),
             Err(e) => debug!(node = pick, error = %e, "promotion not done yet"),
         }
+    }
+}
+
+/// The leader's record of how long each member has had no link up.
+#[derive(Default)]
+struct DeadMembers {
+    last_linked: HashMap<NodeId, Instant>,
+}
+
+impl DeadMembers {
+    /// Notes which members have a link up now; returns one that has had none for
+    /// `cluster.remove_dead_after_secs` (never this node; never with the setting at 0).
+    fn observe(&mut self, inner: &Inner, now: Instant) -> Option<NodeId> {
+        let after = Duration::from_secs(inner.config.remove_dead_after_secs);
+        let m = inner.metrics();
+        let members: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(&id, _)| id)
+            .filter(|&id| id != inner.id)
+            .collect();
+        self.last_linked.retain(|id, _| members.contains(id));
+        let mut dead = None;
+        for id in members {
+            let linked = inner.transport.link(id).is_some_and(|l| l.connected);
+            let since = self.last_linked.entry(id).or_insert(now);
+            if linked {
+                *since = now;
+            } else if !after.is_zero() && now.duration_since(*since) >= after {
+                dead = dead.or(Some(id));
+            }
+        }
+        dead
     }
 }
 

@@ -23,9 +23,15 @@ pub(crate) struct NodeStats {
     /// Non-cumulative bucket counts of batch sizes; the last is +Inf.
     batch_buckets: [AtomicU64; BATCH_SIZE_BUCKETS.len() + 1],
     batch_sum: AtomicU64,
+    dead_members_removed: AtomicU64,
 }
 
 impl NodeStats {
+    /// This node, as leader, removed a member that had no link up for too long.
+    pub(crate) fn dead_member_removed(&self) {
+        self.dead_members_removed.fetch_add(1, Relaxed);
+    }
+
     /// A command proposed to Raft by this node (as leader, or through the leader).
     pub(crate) fn proposal(&self) {
         self.proposals.fetch_add(1, Relaxed);
@@ -99,6 +105,9 @@ pub struct ClusterStats {
     pub snapshots_built: u64,
     /// Snapshots this node installed from the leader.
     pub snapshots_installed: u64,
+    /// Members this node removed as leader after `cluster.remove_dead_after_secs`
+    /// without a link.
+    pub dead_members_removed: u64,
     pub peers: Vec<PeerStats>,
 }
 
@@ -125,6 +134,7 @@ pub(crate) fn collect(inner: &super::core::Inner) -> ClusterStats {
         proposal_batch_size: inner.stats.batch_snapshot(),
         snapshots_built: snapshots.built.load(Relaxed),
         snapshots_installed: snapshots.installed.load(Relaxed),
+        dead_members_removed: inner.stats.dead_members_removed.load(Relaxed),
         peers,
     }
 }

@@ -240,6 +240,11 @@ const RAFT_PROPOSAL_FAILURES: Def = def(
     COUNTER,
     "Proposals of this node that did not commit within their 10 s deadline (route, claim and retained batches are then retried).",
 );
+const DEAD_MEMBERS_REMOVED: Def = def(
+    "tern_cluster_dead_members_removed_total",
+    COUNTER,
+    "Members this node, as leader, removed from the cluster after cluster.remove_dead_after_secs without a link.",
+);
 const RAFT_PROPOSAL_BATCH: Def = def(
     "tern_raft_proposal_batch_commands",
     HISTOGRAM,
@@ -295,6 +300,7 @@ pub const ALL: &[&Def] = &[
     &FORWARD_ACK_SECONDS,
     &RAFT_PROPOSALS,
     &RAFT_PROPOSAL_FAILURES,
+    &DEAD_MEMBERS_REMOVED,
     &RAFT_PROPOSAL_BATCH,
     &RAFT_SNAPSHOTS,
 ];
@@ -737,6 +743,11 @@ fn cluster_families(f: &mut Families, status: &ClusterStatus, stats: &ClusterSta
 
     f.value(&RAFT_PROPOSALS, &[], stats.proposals as f64);
     f.value(&RAFT_PROPOSAL_FAILURES, &[], stats.proposal_failures as f64);
+    f.value(
+        &DEAD_MEMBERS_REMOVED,
+        &[],
+        stats.dead_members_removed as f64,
+    );
     let batch = &stats.proposal_batch_size;
     f.histogram(
         &RAFT_PROPOSAL_BATCH,
@@ -843,6 +854,7 @@ mod tests {
             },
             snapshots_built: 2,
             snapshots_installed: 1,
+            dead_members_removed: 0,
             peers: vec![tern_cluster::node::PeerStats {
                 node_id: 2,
                 frames_sent: 70,
