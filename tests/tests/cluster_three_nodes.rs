@@ -63,3 +63,51 @@ async fn three_nodes_form_and_forward_qos1_exactly_once() {
     );
     cluster.shutdown().await;
 }
+
+/// Members that advertise a host name (as StatefulSet pods do: `tern-1.tern-headless:7946`),
+/// here `localhost:PORT`: two members that are not the leader must resolve and dial each
+/// other to forward, since no Raft traffic links them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_advertising_host_names_forward_between_followers() {
+    let cluster = TestCluster::start_with(3, 3, |_, c| {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port();
+        c.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+        c.advertise = format!("localhost:{port}");
+    })
+    .await;
+    assert!(cluster.wait_formed(3, FORM).await, "formed");
+    let leader = cluster
+        .node(0)
+        .cluster
+        .status()
+        .await
+        .leader
+        .expect("leader");
+    let followers: Vec<usize> = (0..3).filter(|&i| i as u64 != leader).collect();
+    let (sub_node, pub_node) = (followers[0], followers[1]);
+    let mut sub = RawClient::v5(cluster.node(sub_node).mqtt_addr, "names-sub").await;
+    sub.subscribe("names/#", QoS::AtLeastOnce).await;
+    assert!(
+        cluster
+            .wait_status(pub_node, FORM, |s| s.route_count == 1)
+            .await,
+        "the publisher's node knows the route"
+    );
+    let mut publisher = RawClient::v5(cluster.node(pub_node).mqtt_addr, "names-pub").await;
+    for i in 0..50 {
+        publisher
+            .publish("names/x", format!("{i}"), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let got: Vec<String> = sub
+        .recv_publishes(50)
+        .await
+        .iter()
+        .map(|p| text(&p.payload))
+        .collect();
+    assert_eq!(got, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
+    cluster.shutdown().await;
+}

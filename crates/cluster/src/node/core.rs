@@ -2,7 +2,6 @@
 //! through the leader, readiness, and the tasks that act on applied changes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -151,15 +150,41 @@ impl Inner {
     }
 
     /// Everything a member should be linked to, from the membership.
-    fn ensure_peer_addresses(&self) {
-        let m = self.metrics();
-        for (&node, info) in m.membership_config.membership().nodes() {
-            if node != self.id {
-                if let Ok(addr) = info.cluster_addr.parse::<SocketAddr>() {
-                    if self.transport.link(node).is_none() {
-                        let _ = self.transport.add_peer(node, addr);
-                    }
-                }
+    /// Gives the transport an address for every member it has no link to, resolving
+    /// names (a StatefulSet pod's DNS name) again at most every few seconds, since a
+    /// restarted pod comes back with a new IP address. Without this, two members that
+    /// are not the leader never dial each other, and forwards between them would wait.
+    async fn ensure_peer_addresses(&self, last_resolved: &mut HashMap<NodeId, Instant>) {
+        const RESOLVE_EVERY: Duration = Duration::from_secs(3);
+        let members: Vec<(NodeId, String)> = self
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(&node, _)| node != self.id)
+            .map(|(&node, info)| (node, info.cluster_addr.clone()))
+            .collect();
+        last_resolved.retain(|id, _| members.iter().any(|(m, _)| m == id));
+        for (node, cluster_addr) in members {
+            let link = self.transport.link(node);
+            if link.as_ref().is_some_and(|l| l.connected) {
+                continue;
+            }
+            let now = Instant::now();
+            if link.is_some()
+                && last_resolved
+                    .get(&node)
+                    .is_some_and(|t| now.duration_since(*t) < RESOLVE_EVERY)
+            {
+                continue;
+            }
+            last_resolved.insert(node, now);
+            let Some(addr) = resolve(&cluster_addr).await else {
+                debug!(node, cluster_addr, "member address does not resolve (yet)");
+                continue;
+            };
+            if link.as_ref().and_then(|l| l.addr) != Some(addr) {
+                let _ = self.transport.add_peer(node, addr);
             }
         }
     }
@@ -593,13 +618,14 @@ pub(crate) async fn request_membership(
 async fn reconcile_voters(weak: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     let mut dead = DeadMembers::default();
+    let mut resolved = HashMap::new();
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
         if inner.is_stopping() {
             return;
         }
-        inner.ensure_peer_addresses();
+        inner.ensure_peer_addresses(&mut resolved).await;
         let m = inner.metrics();
         if m.current_leader != Some(inner.id) {
             // A new leader counts from the moment it leads.

@@ -49,12 +49,19 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
 }
 
-/// Resolves a member's advertised `host:port`.
+/// Resolves a member's advertised `host:port` (a StatefulSet pod's DNS name, say),
+/// preferring IPv4: `localhost` and dual-stack names list `::1`-style addresses first,
+/// which an endpoint bound to an IPv4 address cannot dial.
 pub(crate) async fn resolve(addr: &str) -> Option<SocketAddr> {
     if let Ok(a) = addr.parse() {
         return Some(a);
     }
-    tokio::net::lookup_host(addr).await.ok()?.next()
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(addr).await.ok()?.collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| found.first())
+        .copied()
 }
 
 #[derive(Clone)]
