@@ -2,11 +2,22 @@
 //! peer one version apart can add fields without breaking the other). The transport puts
 //! these bytes inside its versioned envelope; decoding untrusted bytes returns an error,
 //! never panics, and never allocates more than the input holds.
+//!
+//! The frame types are generic over the message they carry, so that the forwarding path
+//! never converts a message twice: the sending node queues the broker's `Arc<Message>`
+//! itself and encodes it straight from there ([`WireRef`], a hand-written encoder); the
+//! receiving node decodes a batch straight into broker messages
+//! ([`ForwardBatch::decode_messages`], a hand-written decoder). The bytes decode as a [`ForwardBatch`] of [`WireMessage`]s, which stays the
+//! reference form (serde-derived; the tests check both decoders against it).
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tern_broker::Message;
 
-use crate::types::{NodeId, WireMessage};
+use crate::types::{NodeId, WireClock, WireMessage, WireRef};
 
 /// The shared subscription a forwarded message was chosen for: the receiver hands it to
 /// one local member of `$share/group/filter` instead of to every matching subscriber.
@@ -18,21 +29,21 @@ pub struct SharedTarget {
 
 /// One message on a link, with its sequence number on that link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Forwarded {
+pub struct Forwarded<M = WireMessage> {
     /// Per (origin → destination) link, from 1, increasing across reconnects.
     pub seq: u64,
-    pub message: WireMessage,
+    pub message: M,
     /// `Some` when the origin picked this node for a shared subscription.
     pub shared: Option<SharedTarget>,
 }
 
 /// Messages from one origin, in sequence order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ForwardBatch {
+pub struct ForwardBatch<M = WireMessage> {
     pub origin: NodeId,
     /// The sender's incarnation of this link's sequence space (see the module docs).
     pub link_epoch: u64,
-    pub messages: Vec<Forwarded>,
+    pub messages: Vec<Forwarded<M>>,
 }
 
 /// Cumulative acknowledgement: the receiver has processed every sequence `<= up_to` of
@@ -41,6 +52,68 @@ pub struct ForwardBatch {
 pub struct ForwardAck {
     pub link_epoch: u64,
     pub up_to: u64,
+}
+
+/// What a link can carry: a message that knows its QoS, roughly how large it encodes,
+/// and how to present itself as a [`WireMessage`] for encoding.
+pub trait ForwardMessage: Clone {
+    fn qos(&self) -> u8;
+    /// The variable-length content: topic, payload, strings and properties, in bytes.
+    fn content_len(&self) -> usize;
+    /// The message's wire form; `clock` turns an `Instant` expiry into wall-clock time.
+    fn wire(&self, clock: WireClock) -> WireRef<'_>;
+}
+
+impl ForwardMessage for WireMessage {
+    fn qos(&self) -> u8 {
+        self.qos
+    }
+
+    fn content_len(&self) -> usize {
+        let props: usize = self
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        self.topic.len()
+            + self.payload.len()
+            + self.origin_client.len()
+            + opt(&self.content_type)
+            + opt(&self.response_topic)
+            + self.correlation_data.as_ref().map_or(0, |c| c.len())
+            + props
+    }
+
+    fn wire(&self, _clock: WireClock) -> WireRef<'_> {
+        WireRef::of_wire(self)
+    }
+}
+
+impl ForwardMessage for Arc<Message> {
+    fn qos(&self) -> u8 {
+        self.qos as u8
+    }
+
+    fn content_len(&self) -> usize {
+        let props: usize = self
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        self.topic.len()
+            + self.payload.len()
+            + self.origin_client.len()
+            + opt(&self.content_type)
+            + opt(&self.response_topic)
+            + self.correlation_data.as_ref().map_or(0, |c| c.len())
+            + props
+    }
+
+    fn wire(&self, clock: WireClock) -> WireRef<'_> {
+        WireRef::of_message(self, clock)
+    }
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -52,6 +125,10 @@ pub enum FrameError {
     Decode(#[from] rmp_serde::decode::Error),
     #[error("{0} bytes left over after a forwarding frame")]
     TrailingBytes(usize),
+    #[error(transparent)]
+    Malformed(#[from] super::decode::DecodeError),
+    #[error("a string or list of {0} entries is too long for a forwarding frame")]
+    TooLong(usize),
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
@@ -72,13 +149,33 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
     }
 }
 
+impl<M: ForwardMessage> ForwardBatch<M> {
+    /// Appends the batch's MessagePack form to `out` (where the caller may already have
+    /// put a frame header: the batch is encoded in place, not copied afterwards). `clock`
+    /// converts expiry times of messages that hold `Instant`s.
+    pub fn encode_into(&self, out: &mut Vec<u8>, clock: WireClock) -> Result<(), FrameError> {
+        super::encode::batch(out, self.origin, self.link_epoch, &self.messages, clock)
+    }
+}
+
 impl ForwardBatch {
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        encode(self)
+        let mut out = Vec::new();
+        self.encode_into(&mut out, WireClock::now())?;
+        Ok(out)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
         decode(bytes)
+    }
+}
+
+impl ForwardBatch<Arc<Message>> {
+    /// Decodes exactly one batch from `bytes` (a whole received frame body, or a slice of
+    /// one) into broker messages received at `clock`. Payloads share `bytes`' memory;
+    /// only topics and client ids are copied, once each.
+    pub fn decode_messages(bytes: &Bytes, clock: WireClock) -> Result<Self, FrameError> {
+        Ok(super::decode::decode_batch(bytes, clock)?)
     }
 }
 
@@ -97,21 +194,9 @@ const MESSAGE_OVERHEAD: usize = 128;
 
 /// An estimate of a message's encoded size, used for the backlog's byte limit and batch
 /// sizes. Cheap (no encoding) and never below the variable-length content it holds.
-pub(crate) fn approx_size(message: &WireMessage, shared: Option<&SharedTarget>) -> usize {
-    let props: usize = message
-        .user_properties
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 8)
-        .sum();
-    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+pub(crate) fn approx_size<M: ForwardMessage>(message: &M, shared: Option<&SharedTarget>) -> usize {
     MESSAGE_OVERHEAD
-        + message.topic.len()
-        + message.payload.len()
-        + message.origin_client.len()
-        + opt(&message.content_type)
-        + opt(&message.response_topic)
-        + message.correlation_data.as_ref().map_or(0, |c| c.len())
-        + props
+        + message.content_len()
         + shared.map_or(0, |s| s.group.len() + s.filter.len() + 16)
 }
 
@@ -171,6 +256,92 @@ mod tests {
         };
         let bytes = ack.encode().expect("encode");
         assert_eq!(ForwardAck::decode(&bytes).expect("decode"), ack);
+    }
+
+    /// With every optional field set, the encoder writes exactly what the derived
+    /// serialisation writes; with some absent it leaves them out, and the derived decoder
+    /// (what nodes before it run) still reads the same batch.
+    #[test]
+    fn encoding_is_the_derived_form_minus_absent_options() {
+        let b = batch();
+        let mut full = b.clone();
+        full.messages[0].shared = full.messages[1].shared.clone();
+        assert_eq!(
+            full.encode().expect("encode"),
+            rmp_serde::to_vec_named(&full).expect("derived")
+        );
+        let mut sparse = b;
+        sparse.messages[1].message.expires_at_unix_ms = None;
+        sparse.messages[1].message.content_type = None;
+        sparse.messages[1].message.correlation_data = None;
+        let bytes = sparse.encode().expect("encode");
+        assert!(bytes.len() < rmp_serde::to_vec_named(&sparse).expect("derived").len());
+        assert_eq!(ForwardBatch::decode(&bytes).expect("decode"), sparse);
+    }
+
+    /// A batch of broker messages encodes as the batch of their wire forms.
+    #[test]
+    fn messages_encode_as_their_wire_form() {
+        let props = tern_codec::PublishProperties {
+            message_expiry_interval: Some(60),
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let clock = WireClock::now();
+        let m = Arc::new(Message::from_publish(
+            Arc::from("a/b"),
+            Bytes::from_static(b"hello"),
+            tern_codec::QoS::AtLeastOnce,
+            true,
+            Arc::from("client"),
+            props,
+            clock.now,
+        ));
+        let plain = Arc::new(Message {
+            expires_at: None,
+            content_type: None,
+            user_properties: Vec::new(),
+            ..(*m).clone()
+        });
+        let ours = ForwardBatch {
+            origin: 1,
+            link_epoch: 2,
+            messages: vec![
+                Forwarded {
+                    seq: 1,
+                    message: m.clone(),
+                    shared: None,
+                },
+                Forwarded {
+                    seq: 2,
+                    message: plain.clone(),
+                    shared: None,
+                },
+            ],
+        };
+        let wire = ForwardBatch {
+            origin: 1,
+            link_epoch: 2,
+            messages: vec![
+                Forwarded {
+                    seq: 1,
+                    message: WireMessage::from_message_at(&m, clock),
+                    shared: None,
+                },
+                Forwarded {
+                    seq: 2,
+                    message: WireMessage::from_message_at(&plain, clock),
+                    shared: None,
+                },
+            ],
+        };
+        let mut bytes = Vec::new();
+        ours.encode_into(&mut bytes, clock).expect("encode");
+        let mut expected = Vec::new();
+        wire.encode_into(&mut expected, clock).expect("encode");
+        assert_eq!(bytes, expected);
+        assert_eq!(ForwardBatch::decode(&bytes).expect("decode"), wire);
     }
 
     #[test]

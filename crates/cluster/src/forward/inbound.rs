@@ -41,7 +41,7 @@ impl Inbound {
     /// Takes one batch: returns the messages to deliver locally (duplicates removed, in
     /// sequence order) and the ack to send back. A batch of an older epoch or of another
     /// origin gives nothing to deliver and no ack.
-    pub fn accept(&mut self, batch: ForwardBatch) -> (Vec<Forwarded>, Option<ForwardAck>) {
+    pub fn accept<M>(&mut self, batch: ForwardBatch<M>) -> (Vec<Forwarded<M>>, Option<ForwardAck>) {
         if batch.origin != self.origin {
             self.counters.misrouted_batches += 1;
             return (Vec::new(), None);

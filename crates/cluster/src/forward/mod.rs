@@ -49,6 +49,8 @@
 //! whatever arrives, so messages delivered before its restart but not yet acknowledged may
 //! be delivered again: at least once, never silently lost.
 
+mod decode;
+mod encode;
 pub mod frame;
 mod inbound;
 mod outbound;
@@ -56,6 +58,7 @@ mod outbound;
 #[cfg(test)]
 mod tests;
 
-pub use frame::{ForwardAck, ForwardBatch, Forwarded, FrameError, SharedTarget};
+pub use decode::{DecodeError, SHARE_PAYLOAD_FROM};
+pub use frame::{ForwardAck, ForwardBatch, ForwardMessage, Forwarded, FrameError, SharedTarget};
 pub use inbound::{Inbound, InboundCounters};
 pub use outbound::{DropCounts, DropReason, Outbound, OutboundLimits, PushOutcome};

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use tern_broker::stats::{LatencyHistogram, LatencySnapshot};
 
-use super::frame::{approx_size, ForwardAck, ForwardBatch, Forwarded, SharedTarget};
+use super::frame::{
+    approx_size, ForwardAck, ForwardBatch, ForwardMessage, Forwarded, SharedTarget,
+};
 use crate::types::{NodeId, WireMessage};
 
 /// Times from queueing to acknowledgement of QoS 1/2 messages (for the metrics).
@@ -82,8 +84,8 @@ pub enum PushOutcome {
 }
 
 #[derive(Debug)]
-struct Entry {
-    fwd: Forwarded,
+struct Entry<M> {
+    fwd: Forwarded<M>,
     size: usize,
     queued_at: Instant,
     /// Handed out on some link before: handing it out again is a resend.
@@ -92,8 +94,12 @@ struct Entry {
 
 /// The sending state of one link. Starts with the link down: call
 /// [`on_link_up`](Self::on_link_up) once the transport has a connection.
+///
+/// Generic over the message it holds: a node queues the broker's `Arc<Message>` (so
+/// queueing a copy for a peer is a reference count, not a conversion); the tests use
+/// [`WireMessage`].
 #[derive(Debug)]
-pub struct Outbound {
+pub struct Outbound<M = WireMessage> {
     origin: NodeId,
     link_epoch: u64,
     limits: OutboundLimits,
@@ -105,12 +111,12 @@ pub struct Outbound {
     acked_up_to: u64,
     /// To be handed out on the current link, by sequence: resends first (they have the
     /// lowest sequences), then messages never sent.
-    pending: BTreeMap<u64, Entry>,
+    pending: BTreeMap<u64, Entry<M>>,
     /// Sequences of the QoS 0 messages in `pending`, oldest first: eviction candidates.
     qos0_pending: VecDeque<u64>,
     qos0_bytes: usize,
     /// QoS 1/2 messages handed out on the current link and not yet acknowledged.
-    unacked: BTreeMap<u64, Entry>,
+    unacked: BTreeMap<u64, Entry<M>>,
     /// Estimated bytes of `pending` and `unacked` together.
     bytes: usize,
     resent_total: u64,
@@ -119,7 +125,7 @@ pub struct Outbound {
     ack_latency: AckLatency,
 }
 
-impl Outbound {
+impl<M: ForwardMessage> Outbound<M> {
     /// A link from `origin` whose sequence space is `link_epoch`: a value that grows with
     /// every incarnation of this sender (see the module docs).
     pub fn new(origin: NodeId, link_epoch: u64, limits: OutboundLimits) -> Self {
@@ -146,12 +152,7 @@ impl Outbound {
     /// Queues a message for the peer and gives it the link's next sequence number. When
     /// the backlog is full, the oldest QoS 0 messages make room; if they cannot, the new
     /// message is refused. Either way the drop is counted.
-    pub fn push(
-        &mut self,
-        message: WireMessage,
-        shared: Option<SharedTarget>,
-        now: Instant,
-    ) -> PushOutcome {
+    pub fn push(&mut self, message: M, shared: Option<SharedTarget>, now: Instant) -> PushOutcome {
         let size = approx_size(&message, shared.as_ref());
         if size > self.limits.max_backlog_bytes {
             return self.refuse(DropReason::TooLarge);
@@ -179,7 +180,7 @@ impl Outbound {
 
         let seq = self.next_seq;
         self.next_seq += 1;
-        if message.qos == 0 {
+        if message.qos() == 0 {
             self.qos0_pending.push_back(seq);
             self.qos0_bytes += size;
         }
@@ -205,9 +206,9 @@ impl Outbound {
     }
 
     /// Removes an entry's share of the byte and QoS 0 accounting.
-    fn forget(&mut self, entry: &Entry) {
+    fn forget(&mut self, entry: &Entry<M>) {
         self.bytes -= entry.size;
-        if entry.fwd.message.qos == 0 {
+        if entry.fwd.message.qos() == 0 {
             self.qos0_bytes -= entry.size;
         }
     }
@@ -216,7 +217,7 @@ impl Outbound {
     /// messages and about `max_bytes` (always at least one message, so a large one cannot
     /// block the link). `None` while the link is down or nothing is waiting. QoS 0 messages
     /// are forgotten once handed out; QoS 1/2 ones wait for their ack.
-    pub fn next_batch(&mut self, max_messages: usize, max_bytes: usize) -> Option<ForwardBatch> {
+    pub fn next_batch(&mut self, max_messages: usize, max_bytes: usize) -> Option<ForwardBatch<M>> {
         if !self.link_up || self.pending.is_empty() || max_messages == 0 {
             return None;
         }
@@ -238,7 +239,7 @@ impl Outbound {
             entry.sent = true;
             let seq = entry.fwd.seq;
             self.highest_sent = self.highest_sent.max(seq);
-            if entry.fwd.message.qos == 0 {
+            if entry.fwd.message.qos() == 0 {
                 let entry = first.remove();
                 let front = self.qos0_pending.pop_front();
                 debug_assert_eq!(front, Some(seq), "QoS 0 index follows the backlog");

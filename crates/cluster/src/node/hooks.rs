@@ -53,9 +53,10 @@ impl Cluster for Hooks {
         if nodes.is_empty() && shared.is_empty() {
             return;
         }
-        let wire = WireMessage::from_message(message);
+        // Each link queues the message itself (a reference count): it is converted to
+        // its wire form only when encoded into a batch.
         for node in nodes {
-            forwarding::push(inner, node, wire.clone(), None);
+            forwarding::push(inner, node, message.clone(), None);
         }
         for (group, filter, node, others) in shared {
             let mut target = Some(node);
@@ -78,7 +79,7 @@ impl Cluster for Hooks {
                 forwarding::push(
                     inner,
                     node,
-                    wire.clone(),
+                    message.clone(),
                     Some(SharedTarget { group, filter }),
                 );
             }

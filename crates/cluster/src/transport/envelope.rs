@@ -8,6 +8,8 @@
 //!
 //! Everything here is pure (no I/O) so that it can be tested and fuzzed directly.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -159,6 +161,78 @@ pub fn encode_frame(envelope: &Envelope, max_len: u32) -> Result<Bytes, FrameErr
     Ok(out.freeze())
 }
 
+/// A `LaneData` frame built in place: the length prefix and the envelope's fields first,
+/// then the body, which the caller appends to [`body_mut`](Self::body_mut) (encoding
+/// straight into the frame), then [`finish`](Self::finish) fills in the lengths. The
+/// bytes decode exactly like `encode_frame(&Envelope::new(FrameKind::LaneData, body))`;
+/// the body's length is always a 32-bit `bin` header, which MessagePack allows for any
+/// length. Building the envelope around an encoded body instead cost two more copies of
+/// every batch of forwarded messages.
+#[derive(Debug)]
+pub struct LaneFrame {
+    buf: Vec<u8>,
+}
+
+/// The MessagePack of a `LaneData` envelope up to its `body` value (a map of three named
+/// fields, as `to_vec_named` writes it), from serde itself so that it cannot drift from
+/// [`Envelope`]'s derived form.
+fn lane_data_head() -> &'static [u8] {
+    static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    HEAD.get_or_init(|| {
+        let empty = Envelope::new(FrameKind::LaneData, Bytes::new());
+        let mut bytes = rmp_serde::to_vec_named(&empty).unwrap_or_default();
+        // An empty body is written last as `bin 8` of length 0: 0xc4 0x00.
+        debug_assert!(bytes.ends_with(&[0xc4, 0x00]), "envelope layout changed");
+        bytes.truncate(bytes.len().saturating_sub(2));
+        bytes
+    })
+}
+
+/// `bin 32` marker.
+const BIN32: u8 = 0xc6;
+
+impl LaneFrame {
+    /// An empty frame with room for `body_capacity` bytes of body.
+    pub fn with_capacity(body_capacity: usize) -> Self {
+        let head = lane_data_head();
+        let mut buf = Vec::with_capacity(LEN_PREFIX + head.len() + 5 + body_capacity);
+        buf.extend_from_slice(&[0; LEN_PREFIX]);
+        buf.extend_from_slice(head);
+        buf.push(BIN32);
+        buf.extend_from_slice(&[0; 4]);
+        Self { buf }
+    }
+
+    fn header_len() -> usize {
+        LEN_PREFIX + lane_data_head().len() + 5
+    }
+
+    /// Where the body goes: append to it.
+    pub fn body_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// The body written so far.
+    pub fn body(&self) -> &[u8] {
+        &self.buf[Self::header_len()..]
+    }
+
+    /// The finished frame, ready to write, if it is within `max_len`.
+    pub fn finish(mut self, max_len: u32) -> Result<Bytes, FrameError> {
+        let header = Self::header_len();
+        let body_len = self.buf.len() - header;
+        let frame = frame_len((self.buf.len() - LEN_PREFIX) as u64, max_len)?;
+        // The frame length bounds the body's, so this cannot fail once that check passed.
+        let body = u32::try_from(body_len).map_err(|_| FrameError::TooLarge {
+            len: body_len as u64,
+            max: max_len,
+        })?;
+        self.buf[..LEN_PREFIX].copy_from_slice(&frame.to_be_bytes());
+        self.buf[header - 4..header].copy_from_slice(&body.to_be_bytes());
+        Ok(Bytes::from(self.buf))
+    }
+}
+
 /// Checks a frame length (from a prefix, or of an encoded envelope) against the maximum.
 pub fn frame_len(len: u64, max_len: u32) -> Result<u32, FrameError> {
     match u32::try_from(len) {
@@ -175,6 +249,41 @@ pub fn decode_len(prefix: [u8; LEN_PREFIX], max_len: u32) -> Result<u32, FrameEr
 /// Decodes the envelope of one frame (the bytes after the length prefix).
 pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, FrameError> {
     rmp_serde::from_slice(payload).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// [`Envelope`] with its body still borrowed from the frame.
+#[derive(Deserialize)]
+struct EnvelopeIn<'a> {
+    version: u16,
+    kind: u8,
+    #[serde(borrow)]
+    body: Cow<'a, [u8]>,
+}
+
+/// [`decode_envelope`] of a frame the caller owns: the body is a slice of `payload`, not
+/// a copy of it (forwarded batches are the bulk of the traffic between nodes).
+pub fn decode_envelope_shared(payload: Bytes) -> Result<Envelope, FrameError> {
+    let Ok(env) = rmp_serde::from_slice::<EnvelopeIn>(&payload) else {
+        // Whatever the borrowing form does not take (a body written as an array, say)
+        // gets the owned decoder's verdict.
+        return decode_envelope(&payload);
+    };
+    let body = match env.body {
+        // Borrowed means inside `payload`; checked anyway, so that a surprise costs a
+        // copy rather than a panic.
+        Cow::Borrowed(b) => match (b.as_ptr() as usize).checked_sub(payload.as_ptr() as usize) {
+            Some(start) if start + b.len() <= payload.len() => {
+                payload.slice(start..start + b.len())
+            }
+            _ => Bytes::copy_from_slice(b),
+        },
+        Cow::Owned(v) => Bytes::from(v),
+    };
+    Ok(Envelope {
+        version: env.version,
+        kind: env.kind,
+        body,
+    })
 }
 
 /// Decodes the first frame in `buf`: `Ok(None)` if more bytes are needed, otherwise the
@@ -280,6 +389,24 @@ mod tests {
         assert_eq!((back.node_id, back.protocol_version), (3, 2));
     }
 
+    #[test]
+    fn lane_frames_built_in_place_decode_like_encoded_envelopes() {
+        for body in [Vec::new(), b"x".to_vec(), vec![7u8; 70_000]] {
+            let mut frame = LaneFrame::with_capacity(body.len());
+            frame.body_mut().extend_from_slice(&body);
+            assert_eq!(frame.body(), &body[..]);
+            let bytes = frame.finish(DEFAULT_MAX_FRAME_LEN).expect("finish");
+            let (env, used) = decode_frame(&bytes, DEFAULT_MAX_FRAME_LEN)
+                .expect("decode")
+                .expect("whole");
+            assert_eq!(used, bytes.len());
+            assert_eq!(env, Envelope::new(FrameKind::LaneData, Bytes::from(body)));
+        }
+        let mut big = LaneFrame::with_capacity(0);
+        big.body_mut().extend_from_slice(&[0; 2048]);
+        assert!(matches!(big.finish(1024), Err(FrameError::TooLarge { .. })));
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -290,6 +417,26 @@ mod tests {
                 let _ = env.body_as::<Request>(FrameKind::Request);
                 let _ = env.body_as::<Response>(FrameKind::Response);
             }
+        }
+
+        #[test]
+        fn shared_decoding_agrees_with_owned_decoding(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let owned = decode_envelope(&data);
+            let shared = decode_envelope_shared(Bytes::from(data));
+            prop_assert_eq!(owned.is_ok(), shared.is_ok());
+            if let (Ok(a), Ok(b)) = (owned, shared) {
+                prop_assert_eq!(a, b);
+            }
+        }
+
+        #[test]
+        fn any_lane_frame_round_trips(body in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let mut frame = LaneFrame::with_capacity(0);
+            frame.body_mut().extend_from_slice(&body);
+            let bytes = frame.finish(DEFAULT_MAX_FRAME_LEN).expect("finish");
+            let payload = bytes.slice(LEN_PREFIX..);
+            let env = decode_envelope_shared(payload).expect("decode");
+            prop_assert_eq!(env, Envelope::new(FrameKind::LaneData, Bytes::from(body)));
         }
 
         #[test]

@@ -19,9 +19,9 @@ use quinn::{RecvStream, SendStream};
 use tracing::debug;
 
 use super::endpoint::{Inner, Transport};
-use super::envelope::{Envelope, FrameKind, LaneOpen};
+use super::envelope::{Envelope, FrameKind, LaneFrame, LaneOpen};
 use super::peers::Peer;
-use super::streamio::{read_frame, write_frame};
+use super::streamio::{read_frame, write_encoded, write_frame};
 use super::{TransportError, CLOSE_PROTOCOL, LANE_PRIORITY};
 use crate::types::NodeId;
 
@@ -83,6 +83,13 @@ impl LaneSender {
     /// the peer's flow-control window is full: that is the backpressure). Fails at once
     /// with `Unreachable` when there is no link, without queueing anything.
     pub async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
+        let mut built = LaneFrame::with_capacity(frame.len());
+        built.body_mut().extend_from_slice(&frame);
+        self.send_frame(built).await
+    }
+
+    /// [`send`](Self::send) of a frame whose body the caller encoded in place.
+    pub async fn send_frame(&self, frame: LaneFrame) -> Result<(), TransportError> {
         let peer = self.peer;
         if self.inner.is_shut_down() {
             return Err(TransportError::Closed);
@@ -116,11 +123,11 @@ impl LaneSender {
             slot.stream = Some(stream);
             slot.link_id = Some(link.id);
         }
-        let env = Envelope::new(FrameKind::LaneData, frame);
+        let frame = frame.finish(max)?;
         let Some(stream) = slot.stream.as_mut() else {
             return Err(unreachable("lane stream missing"));
         };
-        let result = write_frame(stream, &env, max, peer, Some(&p.counters)).await;
+        let result = write_encoded(stream, frame, peer, Some(&p.counters)).await;
         if matches!(result, Err(TransportError::ConnectionLost { .. })) {
             // The next frame reopens the lane on whatever link is current by then.
             slot.stream = None;

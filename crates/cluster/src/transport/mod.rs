@@ -34,7 +34,7 @@ use crate::types::NodeId;
 
 pub use config::{Congestion, TransportConfig};
 pub use endpoint::Transport;
-pub use envelope::{Hello, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION};
+pub use envelope::{Hello, LaneFrame, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION};
 pub use lanes::{IncomingFrame, LaneSender};
 pub use peers::LinkStatus;
 pub use tls::{CaBundle, NodeCert, TlsIdentity};

@@ -1,6 +1,7 @@
 //! Frames on quinn streams: the async half of [`super::envelope`]. The length prefix is
 //! checked before the body is allocated, so a peer claiming a 4 GiB frame costs nothing.
 
+use bytes::{Bytes, BytesMut};
 use quinn::{ReadExactError, RecvStream, SendStream};
 
 use super::envelope::{self, Envelope, FrameError, LEN_PREFIX};
@@ -36,7 +37,8 @@ pub(crate) async fn read_frame(
         Err(ReadExactError::ReadError(e)) => return Err(lost(peer, e)),
     }
     let len = envelope::decode_len(prefix, max_len)? as usize;
-    let mut payload = vec![0u8; len];
+    // Read into a buffer the envelope's body can keep pointing into (no copy of it).
+    let mut payload = BytesMut::zeroed(len);
     match recv.read_exact(&mut payload).await {
         Ok(()) => {}
         Err(ReadExactError::FinishedEarly(n)) => {
@@ -50,7 +52,7 @@ pub(crate) async fn read_frame(
     if let Some(c) = counters {
         c.received((LEN_PREFIX + len) as u64);
     }
-    Ok(Some(envelope::decode_envelope(&payload)?))
+    Ok(Some(envelope::decode_envelope_shared(payload.freeze())?))
 }
 
 /// Writes one frame (returns when quinn has buffered it, within flow control).
@@ -62,6 +64,17 @@ pub(crate) async fn write_frame(
     counters: Option<&LinkCounters>,
 ) -> Result<(), TransportError> {
     let frame = envelope::encode_frame(envelope, max_len)?;
+    write_encoded(send, frame, peer, counters).await
+}
+
+/// Writes one frame that is already encoded (length prefix included), e.g. a
+/// [`envelope::LaneFrame`].
+pub(crate) async fn write_encoded(
+    send: &mut SendStream,
+    frame: Bytes,
+    peer: NodeId,
+    counters: Option<&LinkCounters>,
+) -> Result<(), TransportError> {
     let len = frame.len() as u64;
     send.write_chunk(frame).await.map_err(|e| lost(peer, e))?;
     if let Some(c) = counters {
