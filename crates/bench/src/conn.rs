@@ -78,6 +78,8 @@ impl Conn {
                     TcpSocket::new_v6()
                 }
                 .map_err(connect_err)?;
+                // See storm::connect_tcp: TIME_WAIT ports of earlier runs stay usable.
+                sock.set_reuseaddr(true).map_err(connect_err)?;
                 sock.bind(SocketAddr::new(ip, 0)).map_err(connect_err)?;
                 sock.connect(addr).await.map_err(connect_err)?
             }

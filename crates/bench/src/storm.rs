@@ -530,6 +530,10 @@ pub(crate) async fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io:
             } else {
                 TcpSocket::new_v6()?
             };
+            // Ports whose earlier connections are in TIME_WAIT (ours close first) are
+            // fine for a new connection to another address: without this, a run soon
+            // after another from the same source addresses finds few ports left.
+            sock.set_reuseaddr(true)?;
             sock.bind(SocketAddr::new(ip, 0))?;
             sock.connect(addr).await
         }
