@@ -316,7 +316,7 @@ fn forwarded(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Forwarded
     match (seq, message) {
         (Some(seq), Some(message)) => Ok(Forwarded {
             seq,
-            message: Arc::new(message),
+            message,
             shared,
         }),
         _ => r.err("forwarded message field missing"),
@@ -349,7 +349,8 @@ fn bytes_of(frame: &Bytes, part: &[u8]) -> Bytes {
     }
 }
 
-fn message(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Message> {
+/// Built in its `Arc` directly: moving the large `Message` through results showed up.
+fn message(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Arc<Message>> {
     let mut topic = None;
     let mut payload = None;
     let mut qos = None;
@@ -402,7 +403,7 @@ fn message(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Message> {
     else {
         return r.err("message field missing");
     };
-    Ok(Message {
+    Ok(Arc::new(Message {
         topic: Arc::from(topic),
         payload: bytes_of(frame, payload),
         qos: QoS::from_u8(qos).unwrap_or(QoS::AtMostOnce),
@@ -415,7 +416,7 @@ fn message(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Message> {
         response_topic,
         correlation_data,
         user_properties: props,
-    })
+    }))
 }
 
 #[cfg(test)]
