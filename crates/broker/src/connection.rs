@@ -34,8 +34,9 @@ use crate::{topic, Message};
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from the client while this much is waiting to be written to it.
 const READ_PAUSE_AT: usize = 4 * WRITE_HIGH_WATER;
-/// A read of at most this many bytes, or a write of fewer than `SMALL_WRITE`, that leaves
-/// its buffer empty means a quiet client: the buffer is freed rather than kept for the
+/// Reads of at most this many bytes in all since the read buffer was last empty, or a
+/// write of fewer than `SMALL_WRITE` bytes, that leave their buffer empty mean a quiet
+/// client (pings, acknowledgements): the buffer is freed rather than kept for the
 /// connection's lifetime. (An empty `BytesMut` reads 64 bytes at first.)
 const SMALL_READ: usize = 64;
 const SMALL_WRITE: usize = 512;
@@ -490,6 +491,9 @@ impl Connection {
         let max_in = self.broker.config().max_packet_size as usize;
         let keep_alive = self.keep_alive;
         let mut last_heard = tokio::time::Instant::now();
+        // Bytes read since the read buffer was last empty: what the client's last packets
+        // took, which decides whether the buffer is worth keeping.
+        let mut since_empty = 0usize;
         let far_future = Duration::from_secs(86_400 * 365);
         let keep_alive_timer = tokio::time::sleep(if keep_alive.is_zero() {
             far_future
@@ -502,7 +506,7 @@ impl Connection {
             tokio::select! {
                 _ = shutdown.changed() => return Exit::Shutdown,
                 read = reader.read_buf(&mut inbuf), if self.out.len() < READ_PAUSE_AT => {
-                    let n = match read {
+                    since_empty += match read {
                         Ok(0) | Err(_) => return Exit::ConnectionLost,
                         Ok(n) => {
                             self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
@@ -525,15 +529,19 @@ impl Connection {
                             }
                         }
                     }
-                    if inbuf.is_empty() && n <= SMALL_READ {
+                    if inbuf.is_empty() && since_empty <= SMALL_READ {
                         // A quiet client (pings, acknowledgements): give the buffer back;
                         // the next read starts with 64 bytes, enough for what it sent
-                        // this time, and grows if it must.
+                        // this time, and grows if it must. A client whose packets took
+                        // more keeps the buffer, so that they take one read.
                         if inbuf.capacity() > 0 {
                             inbuf = BytesMut::new();
                         }
                     } else if inbuf.capacity() - inbuf.len() < 1024 {
                         inbuf.reserve(4096);
+                    }
+                    if inbuf.is_empty() {
+                        since_empty = 0;
                     }
                 }
                 command = rx.recv() => {
