@@ -6,7 +6,9 @@
 //!   QoS 1/2 messages until they are acknowledged and resends them after a reconnect.
 //! - [`Inbound`], one per origin on the receiving node: drops duplicates by
 //!   (origin, sequence) and answers each batch with a cumulative [`ForwardAck`].
-//! - [`frame`]: the MessagePack frames that travel between them.
+//! - [`frame`]: the MessagePack frames that travel between them; `encode` and `decode`
+//!   write and read a batch by hand (the hot path: straight from and into the broker's
+//!   `Arc<Message>`s), to the same bytes as the serde-derived form in `frame`.
 //!
 //! # Delivery rules
 //!
