@@ -341,9 +341,12 @@ fn shared_target(r: &mut Reader<'_>) -> R<SharedTarget> {
 /// `part` of `frame` as `Bytes`: sharing the frame's memory when it is large, else a copy
 /// (see [`SHARE_PAYLOAD_FROM`]).
 fn bytes_of(frame: &Bytes, part: &[u8]) -> Bytes {
-    if part.len() >= SHARE_PAYLOAD_FROM {
-        // `part` was read from `frame`, so this slices within it.
-        frame.slice_ref(part)
+    // `part` was read from `frame`, so it lies within it; checked anyway, so that a
+    // mistake costs a copy rather than a panic on network input.
+    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    let inside = part.len() <= frame.len() && start <= frame.len() - part.len();
+    if part.len() >= SHARE_PAYLOAD_FROM && inside {
+        frame.slice(start..start + part.len())
     } else {
         Bytes::copy_from_slice(part)
     }
