@@ -775,9 +775,18 @@ impl Broker {
 
     fn deliver(&self, message: &Arc<Message>, include_shared: bool) -> usize {
         let mut targets: Vec<(SlotKey, Delivery)> = Vec::new();
+        // A client has one subscription per filter, so it can only be reached twice when
+        // more than one filter matched; only then are copies merged (a sort per message
+        // that fan-out to one filter's many subscribers does not need).
+        let mut filters_matched = 0usize;
+        let mut last_filter: *const u8 = std::ptr::null();
         {
             let tree = self.subscriptions.read();
-            tree.for_each_match(&message.topic, |_filter, key, entry| {
+            tree.for_each_match(&message.topic, |filter, key, entry| {
+                if filter.as_ptr() != last_filter {
+                    last_filter = filter.as_ptr();
+                    filters_matched += 1;
+                }
                 if entry.no_local && *key.0.client_id == *message.origin_client {
                     return;
                 }
@@ -792,7 +801,7 @@ impl Broker {
                 ));
             });
         }
-        if targets.len() > 1 {
+        if filters_matched > 1 && targets.len() > 1 {
             merge_overlapping(&mut targets);
         }
         if include_shared {
