@@ -1,7 +1,10 @@
 //! Child processes that are killed when the test that started them ends, pass or fail.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+
+use crate::external::http_get;
 
 pub struct ChildGuard {
     pub child: Child,
@@ -96,4 +99,50 @@ pub fn clustered_serve_command(
         }
     }
     cmd
+}
+
+/// Runs `tern cert --nodes 0,..,nodes-1 --dir dir`: a cluster CA and a certificate and key
+/// for each node, as `clustered_serve_command` expects them.
+pub fn write_cluster_certs(dir: &Path, nodes: usize) {
+    let ids: Vec<String> = (0..nodes).map(|i| i.to_string()).collect();
+    let out = Command::new(tern_binary())
+        .args(["cert", "--nodes", &ids.join(","), "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run tern cert");
+    assert!(
+        out.status.success(),
+        "tern cert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A node's `GET /api/v1/cluster`, parsed; `None` unless it answers 200 with JSON.
+pub async fn cluster_status(http: SocketAddr) -> Option<serde_json::Value> {
+    let (code, body) = http_get(http, "/api/v1/cluster").await?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+/// `Some(leader)` once every node behind `https` is ready (`/readyz`), sees `members`
+/// members of which `voters` are voters, has no voter change half done (in Raft's joint
+/// configuration a leader also needs a majority of the old voters, so killing one then
+/// can stall the cluster), and names the same leader.
+pub async fn cluster_settled(https: &[SocketAddr], members: usize, voters: usize) -> Option<u64> {
+    let mut leaders = Vec::new();
+    for &http in https {
+        if !matches!(http_get(http, "/readyz").await, Some((200, _))) {
+            return None;
+        }
+        let s = cluster_status(http).await?;
+        let listed = s["members"].as_array()?;
+        let voting = listed.iter().filter(|m| m["role"] == "voter").count();
+        if listed.len() != members || voting != voters || s["membership_changing"] != false {
+            return None;
+        }
+        leaders.push(s["leader"].as_u64()?);
+    }
+    leaders.dedup();
+    (leaders.len() == 1).then(|| leaders[0])
 }

@@ -5,14 +5,16 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tern_codec::QoS;
 use tern_tests::clients::{text, RawClient};
-use tern_tests::external::{free_port, http_get};
-use tern_tests::process::clustered_serve_command;
-use tern_tests::{tern_binary, unique_temp_dir, ChildGuard};
+use tern_tests::external::free_port;
+use tern_tests::process::{
+    cluster_settled, cluster_status, clustered_serve_command, write_cluster_certs,
+};
+use tern_tests::{unique_temp_dir, ChildGuard};
 
 const NODES: u64 = 5;
 const MESSAGES: usize = 1000;
@@ -52,10 +54,7 @@ fn start(id: u64, certs: &std::path::Path, root: &std::path::Path, quic: &[u16])
 }
 
 async fn status(node: &Node) -> Option<serde_json::Value> {
-    let (code, body) = http_get(node.http, "/api/v1/cluster").await?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
+    cluster_status(node.http).await
 }
 
 /// Panics with every node's log once `deadline` has passed.
@@ -80,42 +79,15 @@ async fn has_other_leader(node: &Node, old: u64) -> bool {
 }
 
 async fn all_ready_with_voters(nodes: &[Node]) -> bool {
-    for n in nodes {
-        if !matches!(http_get(n.http, "/readyz").await, Some((200, _))) {
-            return false;
-        }
-    }
-    // Every node sees all members, three voters, and no voter change half done (in a
-    // joint configuration a leader also needs a majority of the old voters, which
-    // killing one of two old voters would make impossible).
-    for n in nodes {
-        let Some(s) = status(n).await else {
-            return false;
-        };
-        let members = s["members"].as_array().cloned().unwrap_or_default();
-        let voters = members.iter().filter(|m| m["role"] == "voter").count();
-        if members.len() != NODES as usize || voters != 3 || s["membership_changing"] != false {
-            return false;
-        }
-    }
-    true
+    let https: Vec<_> = nodes.iter().map(|n| n.http).collect();
+    cluster_settled(&https, NODES as usize, 3).await.is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_loses_no_qos1_message_between_survivors() {
     let root = unique_temp_dir("tern-kill9");
     let certs = root.join("certs");
-    let ids: Vec<String> = (0..NODES).map(|i| i.to_string()).collect();
-    let out = Command::new(tern_binary())
-        .args(["cert", "--nodes", &ids.join(","), "--dir"])
-        .arg(&certs)
-        .output()
-        .expect("tern cert");
-    assert!(
-        out.status.success(),
-        "tern cert: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_cluster_certs(&certs, NODES as usize);
     let quic: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let mut nodes: Vec<Node> = (0..NODES)
         .map(|id| start(id, &certs, &root, &quic))

@@ -69,16 +69,10 @@ async fn sigterm_with_leave_on_shutdown_leaves_the_cluster() {
     use std::net::SocketAddr;
     use std::process::{Command, Stdio};
     use std::time::Instant;
-    use tern_tests::external::{free_port, http_get};
-    use tern_tests::process::clustered_serve_command;
-    use tern_tests::{tern_binary, unique_temp_dir, ChildGuard};
+    use tern_tests::external::free_port;
+    use tern_tests::process::{cluster_status, clustered_serve_command, write_cluster_certs};
+    use tern_tests::{unique_temp_dir, ChildGuard};
 
-    async fn status(http: SocketAddr) -> Option<serde_json::Value> {
-        let (code, body) = http_get(http, "/api/v1/cluster").await?;
-        (code == 200)
-            .then(|| serde_json::from_str(&body).ok())
-            .flatten()
-    }
     async fn wait_status(
         http: SocketAddr,
         what: &str,
@@ -86,7 +80,7 @@ async fn sigterm_with_leave_on_shutdown_leaves_the_cluster() {
     ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
-            if let Some(s) = status(http).await {
+            if let Some(s) = cluster_status(http).await {
                 if cond(&s) {
                     return s;
                 }
@@ -103,12 +97,7 @@ async fn sigterm_with_leave_on_shutdown_leaves_the_cluster() {
 
     let root = unique_temp_dir("tern-leave-sigterm");
     let certs = root.join("certs");
-    let out = Command::new(tern_binary())
-        .args(["cert", "--nodes", "0,1,2", "--dir"])
-        .arg(&certs)
-        .output()
-        .expect("tern cert");
-    assert!(out.status.success(), "tern cert failed");
+    write_cluster_certs(&certs, 3);
     let quic: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().expect("addr") };
     let mqtt: Vec<SocketAddr> = (0..3).map(|_| addr(free_port())).collect();

@@ -35,8 +35,10 @@ use std::time::{Duration, Instant};
 use tern_codec::{Connect, Disconnect, Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
 use tern_tests::clients::{connect_packet, publish_packet, text, RawClient, Recv};
 use tern_tests::external::{free_port, http_get};
-use tern_tests::process::clustered_serve_command;
-use tern_tests::{tern_binary, unique_temp_dir, ChildGuard};
+use tern_tests::process::{
+    cluster_settled, cluster_status, clustered_serve_command, write_cluster_certs,
+};
+use tern_tests::{unique_temp_dir, ChildGuard};
 
 const NODES: usize = 3;
 /// The publisher sends at least this many messages, and goes on until the restarts are done.
@@ -129,10 +131,7 @@ fn all_logs(nodes: &[Node]) -> String {
 }
 
 async fn status(http: SocketAddr) -> Option<serde_json::Value> {
-    let (code, body) = http_get(http, "/api/v1/cluster").await?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
+    cluster_status(http).await
 }
 
 async fn ready(http: SocketAddr) -> bool {
@@ -141,21 +140,8 @@ async fn ready(http: SocketAddr) -> bool {
 
 /// Every node ready, and each sees 3 members (3 voters) and the same leader.
 async fn cluster_healthy(nodes: &[Node]) -> Option<u64> {
-    let mut leaders = Vec::new();
-    for n in nodes {
-        if !ready(n.http).await {
-            return None;
-        }
-        let s = status(n.http).await?;
-        let members = s["members"].as_array().cloned().unwrap_or_default();
-        let voters = members.iter().filter(|m| m["role"] == "voter").count();
-        if members.len() != NODES || voters != NODES || s["membership_changing"] != false {
-            return None;
-        }
-        leaders.push(s["leader"].as_u64()?);
-    }
-    leaders.dedup();
-    (leaders.len() == 1).then(|| leaders[0])
+    let https: Vec<_> = nodes.iter().map(|n| n.http).collect();
+    cluster_settled(&https, NODES, NODES).await
 }
 
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, nodes: &[Node], mut cond: F)
@@ -374,16 +360,7 @@ async fn rolling_restart(moves: Moves) {
     let test_started = Instant::now();
     let root = unique_temp_dir("tern-rolling");
     let certs = root.join("certs");
-    let out = Command::new(tern_binary())
-        .args(["cert", "--nodes", "0,1,2", "--dir"])
-        .arg(&certs)
-        .output()
-        .expect("tern cert");
-    assert!(
-        out.status.success(),
-        "tern cert: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_cluster_certs(&certs, NODES);
     // Ports chosen once: a restarted node comes back on the same ones.
     let quic: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let mut nodes: Vec<Node> = (0..NODES).map(|id| Node::new(id, &root)).collect();

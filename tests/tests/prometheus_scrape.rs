@@ -23,8 +23,10 @@ use serde_json::Value;
 use tern_codec::QoS;
 use tern_tests::clients::RawClient;
 use tern_tests::external::{free_port, http_get, repo_root, require_tool};
-use tern_tests::process::clustered_serve_command;
-use tern_tests::{tern_binary, unique_temp_dir, ChildGuard};
+use tern_tests::process::{
+    cluster_settled, cluster_status, clustered_serve_command, write_cluster_certs,
+};
+use tern_tests::{unique_temp_dir, ChildGuard};
 
 const NODES: usize = 3;
 /// QoS 1 messages published on node 0 for the subscriber on node 2.
@@ -130,31 +132,10 @@ async fn one_value(prometheus: SocketAddr, promql: &str) -> Option<f64> {
     }
 }
 
-async fn cluster_status(http: SocketAddr) -> Option<Value> {
-    let (code, body) = http_get(http, "/api/v1/cluster").await?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
-}
-
 /// Every node ready, 3 voters, and one leader all agree on.
 async fn cluster_formed(nodes: &[Node]) -> Option<u64> {
-    let mut leaders = BTreeSet::new();
-    for n in nodes {
-        if !matches!(http_get(n.http, "/readyz").await, Some((200, _))) {
-            return None;
-        }
-        let s = cluster_status(n.http).await?;
-        let members = s["members"].as_array()?;
-        let voters = members.iter().filter(|m| m["role"] == "voter").count();
-        if voters != NODES {
-            return None;
-        }
-        leaders.insert(s["leader"].as_u64()?);
-    }
-    (leaders.len() == 1)
-        .then(|| leaders.into_iter().next())
-        .flatten()
+    let https: Vec<_> = nodes.iter().map(|n| n.http).collect();
+    cluster_settled(&https, NODES, NODES).await
 }
 
 /// The expressions of every panel of the dashboard, panels in rows included.
@@ -295,16 +276,7 @@ async fn prometheus_scrapes_a_three_node_cluster() {
     let prometheus_bin = require_tool("prometheus");
     let root = unique_temp_dir("tern-prometheus");
     let certs = root.join("certs");
-    let out = Command::new(tern_binary())
-        .args(["cert", "--nodes", "0,1,2", "--dir"])
-        .arg(&certs)
-        .output()
-        .expect("tern cert");
-    assert!(
-        out.status.success(),
-        "tern cert: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_cluster_certs(&certs, NODES);
 
     let quic: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let mut nodes = Vec::new();
