@@ -191,6 +191,23 @@ impl<'a> WireRef<'a> {
 }
 
 impl WireMessage {
+    /// A message with no MQTT 5 properties, no expiry and no origin client.
+    pub fn new(topic: impl Into<String>, payload: Bytes, qos: u8, retain: bool) -> Self {
+        Self {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            origin_client: String::new(),
+            expires_at_unix_ms: None,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }
+    }
+
     pub fn from_message(m: &Message) -> Self {
         Self::from_message_at(m, WireClock::now())
     }

@@ -203,8 +203,17 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
+        assert!(!text.contains("voter change"), "{text}");
         let empty = render(&ClusterStatus::default());
         assert!(empty.contains("Leader: none"), "{empty}");
         assert!(empty.contains("No links"), "{empty}");
+        let changing = render(&ClusterStatus {
+            membership_changing: true,
+            ..ClusterStatus::default()
+        });
+        assert!(
+            changing.contains("a voter change is in progress"),
+            "{changing}"
+        );
     }
 }

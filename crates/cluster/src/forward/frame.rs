@@ -64,25 +64,46 @@ pub trait ForwardMessage: Clone {
     fn wire(&self, clock: WireClock) -> WireRef<'_>;
 }
 
+/// [`ForwardMessage::content_len`] from the fields a `WireMessage` and a broker `Message`
+/// share.
+fn content_len(
+    topic: &str,
+    payload: &[u8],
+    origin_client: &str,
+    strings: [&Option<String>; 2],
+    correlation_data: Option<&[u8]>,
+    user_properties: &[(String, String)],
+) -> usize {
+    let props: usize = user_properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
+    let strings: usize = strings
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum();
+    topic.len()
+        + payload.len()
+        + origin_client.len()
+        + strings
+        + correlation_data.map_or(0, <[u8]>::len)
+        + props
+}
+
 impl ForwardMessage for WireMessage {
     fn qos(&self) -> u8 {
         self.qos
     }
 
     fn content_len(&self) -> usize {
-        let props: usize = self
-            .user_properties
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 8)
-            .sum();
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        self.topic.len()
-            + self.payload.len()
-            + self.origin_client.len()
-            + opt(&self.content_type)
-            + opt(&self.response_topic)
-            + self.correlation_data.as_ref().map_or(0, |c| c.len())
-            + props
+        content_len(
+            &self.topic,
+            &self.payload,
+            &self.origin_client,
+            [&self.content_type, &self.response_topic],
+            self.correlation_data.as_deref(),
+            &self.user_properties,
+        )
     }
 
     fn wire(&self, _clock: WireClock) -> WireRef<'_> {
@@ -96,19 +117,14 @@ impl ForwardMessage for Arc<Message> {
     }
 
     fn content_len(&self) -> usize {
-        let props: usize = self
-            .user_properties
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 8)
-            .sum();
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        self.topic.len()
-            + self.payload.len()
-            + self.origin_client.len()
-            + opt(&self.content_type)
-            + opt(&self.response_topic)
-            + self.correlation_data.as_ref().map_or(0, |c| c.len())
-            + props
+        content_len(
+            &self.topic,
+            &self.payload,
+            &self.origin_client,
+            [&self.content_type, &self.response_topic],
+            self.correlation_data.as_deref(),
+            &self.user_properties,
+        )
     }
 
     fn wire(&self, clock: WireClock) -> WireRef<'_> {

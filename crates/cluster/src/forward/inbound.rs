@@ -103,19 +103,7 @@ mod tests {
     fn fwd(seq: u64) -> Forwarded {
         Forwarded {
             seq,
-            message: WireMessage {
-                topic: "t".into(),
-                payload: Bytes::new(),
-                qos: 1,
-                retain: false,
-                origin_client: String::new(),
-                expires_at_unix_ms: None,
-                payload_format_indicator: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: Vec::new(),
-            },
+            message: WireMessage::new("t", Bytes::new(), 1, false),
             shared: None,
         }
     }

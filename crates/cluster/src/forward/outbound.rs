@@ -455,19 +455,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn msg(qos: u8, payload: &[u8]) -> WireMessage {
-        WireMessage {
-            topic: "t".into(),
-            payload: Bytes::copy_from_slice(payload),
-            qos,
-            retain: false,
-            origin_client: String::new(),
-            expires_at_unix_ms: None,
-            payload_format_indicator: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-        }
+        WireMessage::new("t", Bytes::copy_from_slice(payload), qos, false)
     }
 
     fn seqs(batch: &ForwardBatch) -> Vec<u64> {

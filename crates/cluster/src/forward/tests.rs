@@ -74,17 +74,8 @@ fn message(id: usize, qos: u8, padding: usize) -> WireMessage {
     payload.put_u64(id as u64);
     payload.put_bytes(0xab, padding);
     WireMessage {
-        topic: "sim/topic".into(),
-        payload: payload.freeze(),
-        qos,
-        retain: false,
         origin_client: "c".into(),
-        expires_at_unix_ms: None,
-        payload_format_indicator: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
+        ..WireMessage::new("sim/topic", payload.freeze(), qos, false)
     }
 }
 

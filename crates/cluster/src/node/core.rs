@@ -455,65 +455,40 @@ fn serve_requests(inner: &Arc<Inner>) {
         kind::MEMBERSHIP,
         |inner, request: MembershipRequest| async move { apply_membership(&inner, request).await },
     );
-    let w = Arc::downgrade(inner);
-    inner
-        .transport
-        .set_request_handler(kind::APPLIED, move |_, _| {
-            let inner = w.upgrade();
-            async move {
-                let inner = inner.ok_or("node stopping")?;
-                encode(&inner.metrics().last_applied.map(|l| l.index))
-            }
-        });
-    let w = Arc::downgrade(inner);
-    inner
-        .transport
-        .set_request_handler(kind::FORWARDS_FLUSHED, move |_, body| {
-            let inner = w.upgrade();
-            async move {
-                let inner = inner.ok_or("node stopping")?;
-                let request: FlushRequest = decode(&body)?;
-                encode(&forwards_flushed(&inner, request, FLUSH_WAIT).await)
-            }
-        });
+    serve_here(
+        inner,
+        kind::FORWARDS_FLUSHED,
+        |inner, request: FlushRequest| async move {
+            Ok(forwards_flushed(&inner, request, FLUSH_WAIT).await)
+        },
+    );
     // Any node may hold a departing session, leader or not.
-    let w = Arc::downgrade(inner);
-    inner
-        .transport
-        .set_request_handler(kind::FINISH_HANDOVER, move |_, body| {
-            let inner = w.upgrade();
-            async move {
-                let inner = inner.ok_or("node stopping")?;
-                let client_id: String = decode(&body)?;
-                let buffered = inner
-                    .broker()
-                    .map(|b| b.finish_hand_over(&client_id))
-                    .unwrap_or_default();
-                let wire: Vec<crate::handover::WireDelivery> = buffered
-                    .iter()
-                    .map(crate::handover::WireDelivery::from_delivery)
-                    .collect();
-                encode(&wire)
-            }
-        });
-    let weak = Arc::downgrade(inner);
-    inner
-        .transport
-        .set_request_handler(kind::TAKE_SESSION, move |_, body| {
-            let inner = weak.upgrade();
-            async move {
-                let inner = inner.ok_or("node stopping")?;
-                let client_id: String = decode(&body)?;
-                let session = wait_departing(&inner, &client_id, Duration::from_secs(5)).await;
-                let wire = session.map(|s| WireSession::from_parts(&s.into_parts()));
-                encode(&wire)
-            }
-        });
+    serve_here(
+        inner,
+        kind::FINISH_HANDOVER,
+        |inner, client_id: String| async move {
+            let buffered = inner
+                .broker()
+                .map(|b| b.finish_hand_over(&client_id))
+                .unwrap_or_default();
+            Ok(buffered
+                .iter()
+                .map(crate::handover::WireDelivery::from_delivery)
+                .collect::<Vec<_>>())
+        },
+    );
+    serve_here(
+        inner,
+        kind::TAKE_SESSION,
+        |inner, client_id: String| async move {
+            let session = wait_departing(&inner, &client_id, Duration::from_secs(5)).await;
+            Ok(session.map(|s| WireSession::from_parts(&s.into_parts())))
+        },
+    );
 }
 
-/// Answers `kind` requests with `handle` while this node leads; otherwise with where the
-/// leader is, so the caller can ask it instead.
-fn serve_on_leader<Req, Resp, F, Fut>(inner: &Arc<Inner>, kind: u8, handle: F)
+/// Answers `kind` requests with `handle`, on whichever node is asked.
+fn serve_here<Req, Resp, F, Fut>(inner: &Arc<Inner>, kind: u8, handle: F)
 where
     Req: serde::de::DeserializeOwned + Send + 'static,
     Resp: Serialize + Send + 'static,
@@ -527,7 +502,24 @@ where
         async move {
             let inner = inner.ok_or("node stopping")?;
             let request: Req = decode(&body)?;
-            let answer = if inner.leader() == Some(inner.id) {
+            encode(&handle(inner, request).await?)
+        }
+    });
+}
+
+/// Answers `kind` requests with `handle` while this node leads; otherwise with where the
+/// leader is, so the caller can ask it instead.
+fn serve_on_leader<Req, Resp, F, Fut>(inner: &Arc<Inner>, kind: u8, handle: F)
+where
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Arc<Inner>, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Resp, String>> + Send + 'static,
+{
+    serve_here(inner, kind, move |inner, request: Req| {
+        let handle = handle.clone();
+        async move {
+            Ok(if inner.leader() == Some(inner.id) {
                 match handle(inner.clone(), request).await {
                     Ok(response) => LeaderAnswer::Done(response),
                     Err(e) => LeaderAnswer::Failed(e),
@@ -536,8 +528,7 @@ where
                 LeaderAnswer::NotLeader {
                     leader: inner.leader_hint(),
                 }
-            };
-            encode(&answer)
+            })
         }
     });
 }
@@ -869,20 +860,9 @@ async fn act_on_applied(weak: Weak<Inner>, mut events: tokio::sync::broadcast::R
                 let message = match message {
                     Some(m) => m.to_message(),
                     // An empty payload clears.
-                    None => crate::types::WireMessage {
-                        topic,
-                        payload: Bytes::new(),
-                        qos: 0,
-                        retain: true,
-                        origin_client: String::new(),
-                        expires_at_unix_ms: None,
-                        payload_format_indicator: None,
-                        content_type: None,
-                        response_topic: None,
-                        correlation_data: None,
-                        user_properties: Vec::new(),
+                    None => {
+                        crate::types::WireMessage::new(topic, Bytes::new(), 0, true).to_message()
                     }
-                    .to_message(),
                 };
                 broker.store_retained(&Arc::new(message));
             }

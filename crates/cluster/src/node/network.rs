@@ -32,8 +32,8 @@ pub(crate) mod kind {
     /// The node that took a session has its routes in place: the old node drops its
     /// subscriptions and returns what they received meanwhile.
     pub const FINISH_HANDOVER: u8 = 15;
-    /// A node's own applied index (any node answers).
-    pub const APPLIED: u8 = 16;
+    // 16 was APPLIED, a node's own applied index, which handovers polled before
+    // FORWARDS_FLUSHED replaced it.
     /// Once this node has applied up to an index, has the given peer processed every
     /// message this node queued for it? (A session handover's last step.)
     pub const FORWARDS_FLUSHED: u8 = 17;

@@ -39,17 +39,8 @@ fn claim(client_id: &str, node: NodeId) -> Command {
 
 fn message(topic: &str, payload: &str) -> WireMessage {
     WireMessage {
-        topic: topic.into(),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        qos: 1,
-        retain: true,
         origin_client: "c".into(),
-        expires_at_unix_ms: None,
-        payload_format_indicator: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: vec![],
+        ..WireMessage::new(topic, Bytes::copy_from_slice(payload.as_bytes()), 1, true)
     }
 }
 
