@@ -39,7 +39,7 @@ ports = {p["name"]: (p["containerPort"], p.get("protocol", "TCP")) for p in c["p
 check(ports == {"mqtt": (1883, "TCP"), "http": (9090, "TCP"), "cluster": (7946, "UDP")}, f"ports {ports}")
 check("preStop" in c.get("lifecycle", {}), "preStop hook")
 grace = int(env.get("TERN_NODE__SHUTDOWN_GRACE_SECS", "10"))
-check(pod["terminationGracePeriodSeconds"] > grace + 5, "terminationGracePeriodSeconds > shutdown grace + preStop")
+check(pod["terminationGracePeriodSeconds"] > grace + 5 + 10, "terminationGracePeriodSeconds > shutdown grace + preStop + handover drain")
 ann = spec["template"]["metadata"].get("annotations", {})
 check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "9090"
       and ann.get("prometheus.io/path") == "/metrics", "Prometheus scrape annotations")
