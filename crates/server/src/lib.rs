@@ -14,6 +14,7 @@ pub mod node;
 pub mod passwd;
 pub mod shutdown;
 pub mod status_view;
+pub mod tcp_stream;
 
 pub use config::Config;
 pub use node::{start, start_on_host, RunningNode, StartError};

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::http::{self, Health};
 use crate::listener::{self, AcceptLoop, ListenerCounts};
 use crate::metrics::NodeMetrics;
+use crate::tcp_stream::ClientTcpStream;
 
 /// Longest a stopping node waits for session handovers to finish: clients it disconnected
 /// reconnecting elsewhere and fetching their persistent sessions, and new nodes making
@@ -123,7 +124,11 @@ pub async fn start_on_host(config: Config, hostname: &str) -> Result<RunningNode
         config.mqtt.max_connections,
         move |stream, peer| {
             let broker = serving.clone();
-            async move { broker.serve_connection(stream, peer, "tcp").await }
+            async move {
+                broker
+                    .serve_connection(ClientTcpStream::new(stream), peer, "tcp")
+                    .await
+            }
         },
     );
 
