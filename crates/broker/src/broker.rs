@@ -7,7 +7,7 @@
 //! and write-locked per SUBSCRIBE/UNSUBSCRIBE; each slot has its own lock. No lock is held
 //! while another task is awaited.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use tern_codec::QoS;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::auth::{Acl, Authenticator};
-use crate::registry::{CommandSender, ConnCommand, SessionSlot, SlotKey, SlotState};
+use crate::mailbox::{MailboxReceiver, MailboxSender};
+use crate::registry::{ConnCommand, SessionSlot, SlotKey, SlotState};
 use crate::retained::RetainedStore;
 use crate::session::{Delivery, EnqueueOutcome, Session, Subscription};
 use crate::stats::{DropReason, Stats};
@@ -238,7 +239,7 @@ impl Broker {
         self: &Arc<Self>,
         client_id: &Arc<str>,
         conn_id: u64,
-        tx: CommandSender,
+        tx: MailboxSender,
         resume: bool,
     ) -> Claim {
         loop {
@@ -323,12 +324,14 @@ impl Broker {
         slot: &Arc<SessionSlot>,
         conn_id: u64,
         mut session: Session,
-        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
+        rx: &mut MailboxReceiver,
         will: Option<(Arc<Message>, u32)>,
     ) {
         let mut inner = slot.inner.lock();
         let mut takeover = None;
-        while let Ok(cmd) = rx.try_recv() {
+        let mut left = VecDeque::new();
+        rx.take_all(&mut left);
+        for cmd in left {
             match cmd {
                 ConnCommand::Deliver(d) => self.enqueue_counted(&mut session, d),
                 ConnCommand::TakeOver { reply, resume } => takeover = Some((reply, resume)),

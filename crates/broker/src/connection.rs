@@ -6,7 +6,7 @@
 //! out in as few syscalls as the socket allows. When the client reads slowly, the buffer
 //! stops growing past a high-water mark and messages wait in the session's bounded queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,20 +14,22 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tern_codec::{
-    decode, decode_connect_version, encode, encode_publish, publish_encoded_len, ConnAck,
-    ConnAckProperties, Connect, DecodeError, DecodeErrorKind, Disconnect, DisconnectProperties,
-    Packet, ProtocolVersion, PubResponse, Publish, PublishProperties, PublishRef, QoS, ReasonCode,
-    ReasonProperties, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    decode, decode_connect_version, encode, ConnAck, ConnAckProperties, Connect, DecodeError,
+    DecodeErrorKind, Disconnect, DisconnectProperties, Packet, ProtocolVersion, PubResponse,
+    Publish, PublishProperties, QoS, ReasonCode, ReasonProperties, RetainHandling, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info};
 
 use crate::auth::AuthOutcome;
 use crate::broker::Broker;
+use crate::mailbox::{mailbox, MailboxReceiver};
+use crate::publish_writer::{PublishWriter, Unwritten};
 use crate::registry::{ConnCommand, SessionSlot};
-use crate::session::{Delivery, Resend, Session, Subscription};
-use crate::stats::DropReason;
+use crate::session::{Resend, Session, Subscription};
+use crate::stats::{DeliveryTally, DropReason};
 use crate::{topic, Message};
 
 /// Stop moving queued messages into the write buffer beyond this many bytes.
@@ -42,9 +44,6 @@ const SMALL_READ: usize = 64;
 const SMALL_WRITE: usize = 512;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
-/// How many queued commands one turn of the loop takes from the channel at most, so that
-/// a busy subscriber still gets to read and write.
-const COMMANDS_PER_TURN: usize = 256;
 
 /// Why the connection loop ended.
 enum Exit {
@@ -264,7 +263,7 @@ async fn refuse_connect<W: AsyncWrite + Unpin>(
 
 struct Accepted {
     conn: Connection,
-    rx: mpsc::UnboundedReceiver<ConnCommand>,
+    rx: MailboxReceiver,
     connack: ConnAck,
 }
 
@@ -380,7 +379,7 @@ async fn accept_connect(
         (connect.keep_alive, None)
     };
 
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mailbox();
     let claim = broker
         .claim(&client_id, conn_id, tx, !connect.clean_start)
         .await;
@@ -438,16 +437,18 @@ async fn accept_connect(
         will,
         keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
         window: usize::from(client_window.min(config.max_inflight)),
-        client_max_packet_size: connect
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |m| m as usize),
-        client_topic_alias_max: if v5 {
-            connect.properties.topic_alias_maximum.unwrap_or(0)
-        } else {
-            0
-        },
-        out_aliases: HashMap::new(),
+        publish_writer: PublishWriter::new(
+            connect.protocol,
+            connect
+                .properties
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m as usize),
+            if v5 {
+                connect.properties.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+        ),
         in_aliases: HashMap::new(),
         problem_info,
         session_expiry_at_connect: expiry,
@@ -470,9 +471,7 @@ struct Connection {
     keep_alive: Duration,
     /// How many QoS 1/2 messages may be unacknowledged by the client.
     window: usize,
-    client_max_packet_size: usize,
-    client_topic_alias_max: u16,
-    out_aliases: HashMap<Arc<str>, u16>,
+    publish_writer: PublishWriter,
     in_aliases: HashMap<u16, Arc<str>>,
     problem_info: bool,
     session_expiry_at_connect: u32,
@@ -485,7 +484,7 @@ impl Connection {
         reader: &mut ReadHalf<S>,
         writer: &mut WriteHalf<S>,
         mut inbuf: BytesMut,
-        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
+        rx: &mut MailboxReceiver,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Exit {
         let max_in = self.broker.config().max_packet_size as usize;
@@ -501,12 +500,15 @@ impl Connection {
             keep_alive
         });
         tokio::pin!(keep_alive_timer);
+        let mut inbox = VecDeque::new();
         loop {
             self.pump();
+            // An empty buffer reads 64 bytes at first (see `SMALL_READ`).
+            let room = (inbuf.capacity() - inbuf.len()).max(SMALL_READ);
             tokio::select! {
                 _ = shutdown.changed() => return Exit::Shutdown,
                 read = reader.read_buf(&mut inbuf), if self.out.len() < READ_PAUSE_AT => {
-                    since_empty += match read {
+                    let n = match read {
                         Ok(0) | Err(_) => return Exit::ConnectionLost,
                         Ok(n) => {
                             self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
@@ -514,6 +516,10 @@ impl Connection {
                             n
                         }
                     };
+                    since_empty += n;
+                    // A read that filled the buffer left more behind: a busy client, even
+                    // if its packets are small (a subscriber's stream of PUBACKs).
+                    let filled = n >= room;
                     loop {
                         match decode(&mut inbuf, Some(self.version), max_in) {
                             Ok(Some(packet)) => {
@@ -529,7 +535,7 @@ impl Connection {
                             }
                         }
                     }
-                    if inbuf.is_empty() && since_empty <= SMALL_READ {
+                    if inbuf.is_empty() && since_empty <= SMALL_READ && !filled {
                         // A quiet client (pings, acknowledgements): give the buffer back;
                         // the next read starts with 64 bytes, enough for what it sent
                         // this time, and grows if it must. A client whose packets took
@@ -537,23 +543,24 @@ impl Connection {
                         if inbuf.capacity() > 0 {
                             inbuf = BytesMut::new();
                         }
-                    } else if inbuf.capacity() - inbuf.len() < 1024 {
+                    } else if filled || inbuf.capacity() - inbuf.len() < 1024 {
                         inbuf.reserve(4096);
                     }
                     if inbuf.is_empty() {
                         since_empty = 0;
                     }
                 }
-                command = rx.recv() => {
-                    let mut next = command;
-                    let mut taken = 0;
-                    while let Some(cmd) = next {
+                () = rx.recv_all(&mut inbox) => {
+                    while let Some(cmd) = inbox.pop_front() {
                         match cmd {
                             ConnCommand::Deliver(d) => self.broker.enqueue_counted(&mut self.session, d),
-                            ConnCommand::TakeOver { reply, resume } => return Exit::TakenOver { reply, resume },
+                            ConnCommand::TakeOver { reply, resume } => {
+                                // Anything after it goes back: `finish` hands the session
+                                // on, and `release` takes what is left in the mailbox.
+                                rx.put_back(&mut inbox);
+                                return Exit::TakenOver { reply, resume };
+                            }
                         }
-                        taken += 1;
-                        next = if taken < COMMANDS_PER_TURN { rx.try_recv().ok() } else { None };
                     }
                 }
                 written = writer.write_buf(&mut self.out), if !self.out.is_empty() => {
@@ -585,7 +592,7 @@ impl Connection {
         mut self,
         exit: Exit,
         writer: &mut WriteHalf<S>,
-        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
+        rx: &mut MailboxReceiver,
     ) {
         let (reason, will) = match &exit {
             Exit::Disconnected { keep_will: true } => (None, self.will.take()),
@@ -1005,20 +1012,44 @@ impl Connection {
     fn pump(&mut self) {
         let now = Instant::now();
         let mut expired = 0;
+        let mut tally = DeliveryTally::default();
+        let mut too_large = 0;
         while self.out.len() < WRITE_HIGH_WATER {
-            let Some((packet_id, delivery)) =
-                self.session.next_to_send(self.window, now, &mut expired)
-            else {
+            let Some(next) = self.session.take_next(self.window, now, &mut expired) else {
                 break;
             };
-            if !self.send_publish(packet_id, &delivery, false, now) && packet_id != 0 {
-                self.session.abandon(packet_id);
+            let packet_id = next.packet_id();
+            let written = self.publish_writer.write(
+                &mut self.out,
+                packet_id,
+                next.delivery(),
+                false,
+                now,
+                &mut tally,
+            );
+            if let Err(unwritten) = written {
+                self.count_unwritten(unwritten, &mut too_large);
+                if packet_id != 0 {
+                    self.session.abandon(packet_id);
+                }
             }
         }
+        let stats = &self.broker.stats;
+        stats.add_deliveries(&tally);
         if expired > 0 {
-            self.broker
-                .stats
-                .count_dropped(DropReason::Expired, expired);
+            stats.count_dropped(DropReason::Expired, expired);
+        }
+        if too_large > 0 {
+            stats.count_dropped(DropReason::TooLarge, too_large);
+        }
+    }
+
+    fn count_unwritten(&self, unwritten: Unwritten, too_large: &mut u64) {
+        match unwritten {
+            Unwritten::TooLarge => *too_large += 1,
+            Unwritten::NotEncodable(e) => {
+                debug!(client_id = %self.client_id, error = %e, "PUBLISH not encodable");
+            }
         }
     }
 
@@ -1026,87 +1057,34 @@ impl Connection {
     /// with DUP set, and PUBRELs.
     fn resend_inflight(&mut self) {
         let now = Instant::now();
+        let mut tally = DeliveryTally::default();
+        let mut too_large = 0;
         for resend in self.session.resend_on_resume() {
             match resend {
                 Resend::Publish(packet_id, delivery) => {
-                    self.send_publish(packet_id, &delivery, true, now);
+                    let written = self.publish_writer.write(
+                        &mut self.out,
+                        packet_id,
+                        &delivery,
+                        true,
+                        now,
+                        &mut tally,
+                    );
+                    if let Err(unwritten) = written {
+                        self.count_unwritten(unwritten, &mut too_large);
+                    }
                 }
                 Resend::PubRel(packet_id) => {
                     self.write_packet(&Packet::PubRel(PubResponse::new(packet_id)));
                 }
             }
         }
-    }
-
-    /// Encodes one PUBLISH for this client. Returns false when it cannot be sent because
-    /// it is larger than the client's Maximum Packet Size (counted as dropped).
-    fn send_publish(&mut self, packet_id: u16, d: &Delivery, dup: bool, now: Instant) -> bool {
-        let m = &d.message;
-        let v5 = self.version == ProtocolVersion::V5;
-        // (alias, whether the client already knows it)
-        let alias = if self.client_topic_alias_max > 0 {
-            match self.out_aliases.get(&m.topic) {
-                Some(&a) => Some((a, true)),
-                None if self.out_aliases.len() < usize::from(self.client_topic_alias_max) => {
-                    Some((self.out_aliases.len() as u16 + 1, false))
-                }
-                None => None,
-            }
-        } else {
-            None
-        };
-        // 3.1.1 carries no properties: the empty default allocates nothing.
-        let properties = if v5 {
-            PublishProperties {
-                payload_format_indicator: m.payload_format_indicator,
-                message_expiry_interval: m.remaining_expiry(now),
-                topic_alias: alias.map(|(a, _)| a),
-                response_topic: m.response_topic.clone(),
-                correlation_data: m.correlation_data.clone(),
-                user_properties: m.user_properties.clone(),
-                subscription_identifiers: d.subscription_ids.clone(),
-                content_type: m.content_type.clone(),
-            }
-        } else {
-            PublishProperties::default()
-        };
-        let publish = PublishRef {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic: if matches!(alias, Some((_, true))) {
-                ""
-            } else {
-                &m.topic
-            },
-            packet_id,
-            payload: &m.payload,
-            properties: &properties,
-        };
-        if self.client_max_packet_size != usize::MAX {
-            let fits = publish_encoded_len(&publish, self.version)
-                .is_ok_and(|len| len <= self.client_max_packet_size);
-            if !fits {
-                self.broker.stats.count_dropped(DropReason::TooLarge, 1);
-                return false;
-            }
+        self.broker.stats.add_deliveries(&tally);
+        if too_large > 0 {
+            self.broker
+                .stats
+                .count_dropped(DropReason::TooLarge, too_large);
         }
-        if let Err(e) = encode_publish(&publish, self.version, &mut self.out) {
-            debug!(client_id = %self.client_id, error = %e, "PUBLISH not encodable");
-            return false;
-        }
-        if let Some((a, false)) = alias {
-            self.out_aliases.insert(m.topic.clone(), a);
-        }
-        self.broker.stats.messages_sent[d.qos as usize].fetch_add(1, Ordering::Relaxed);
-        // Not resends, nor retained messages sent on subscribe: their age is not latency.
-        if !dup && !d.retain {
-            let stats = &self.broker.stats;
-            stats
-                .delivery_latency
-                .record(now.saturating_duration_since(m.received_at));
-        }
-        true
     }
 }
 

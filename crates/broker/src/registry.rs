@@ -1,7 +1,7 @@
 //! Session slots: one per client identifier that has a session, online or offline.
 //!
 //! A slot is where publishers find a subscriber. While its client is connected the slot
-//! holds the connection task's command channel; while it is offline it holds the
+//! holds the connection task's mailbox; while it is offline it holds the
 //! `Session` itself, so messages queue there. Every state change happens under the slot's
 //! own lock, which is what makes delivery and takeover race-free without any global lock
 //! on the publish path.
@@ -10,8 +10,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use crate::mailbox::MailboxSender;
 use crate::message::Message;
 use crate::session::{Delivery, Session};
 
@@ -28,12 +29,10 @@ pub(crate) enum ConnCommand {
     },
 }
 
-pub(crate) type CommandSender = mpsc::UnboundedSender<ConnCommand>;
-
 pub(crate) enum SlotState {
     Online {
         conn_id: u64,
-        tx: CommandSender,
+        tx: MailboxSender,
     },
     Offline {
         session: Session,

@@ -35,6 +35,32 @@ pub struct Subscription {
     pub identifier: Option<u32>,
 }
 
+/// A message [`Session::take_next`] hands out for sending.
+#[derive(Debug)]
+pub enum Outgoing<'a> {
+    /// QoS 0: it leaves the session.
+    AtMostOnce(Delivery),
+    /// QoS 1/2: in flight under this packet identifier, kept by the session.
+    InFlight(u16, &'a Delivery),
+}
+
+impl Outgoing<'_> {
+    /// The packet identifier to send it with (0 for QoS 0).
+    pub fn packet_id(&self) -> u16 {
+        match self {
+            Self::AtMostOnce(_) => 0,
+            Self::InFlight(id, _) => *id,
+        }
+    }
+
+    pub fn delivery(&self) -> &Delivery {
+        match self {
+            Self::AtMostOnce(d) => d,
+            Self::InFlight(_, d) => d,
+        }
+    }
+}
+
 /// A QoS 1/2 message we sent and the client has not finished acknowledging.
 #[derive(Clone, Debug)]
 pub enum OutgoingInflight {
@@ -195,12 +221,16 @@ impl Session {
     /// Takes the next message that may be sent now. QoS 1/2 messages need a free slot in
     /// the client's receive window (`window`) and get a packet identifier; QoS 0 never
     /// waits for one. Expired messages are skipped and counted in `expired`.
-    pub fn next_to_send(
+    ///
+    /// A QoS 1/2 message is lent from its in-flight entry rather than copied: the copy
+    /// would touch the message's shared reference count twice per delivery, on a cache
+    /// line every core delivering that message fights over.
+    pub fn take_next(
         &mut self,
         window: usize,
         now: Instant,
         expired: &mut u64,
-    ) -> Option<(u16, Delivery)> {
+    ) -> Option<Outgoing<'_>> {
         loop {
             let front = self.queue.front()?;
             if front.qos != QoS::AtMostOnce && self.outgoing.len() >= window {
@@ -216,13 +246,30 @@ impl Session {
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
-                return Some((0, delivery));
+                return Some(Outgoing::AtMostOnce(delivery));
             }
             let packet_id = self.allocate_packet_id()?;
             self.outgoing
-                .push_back((packet_id, OutgoingInflight::Publish(delivery.clone())));
-            return Some((packet_id, delivery));
+                .push_back((packet_id, OutgoingInflight::Publish(delivery)));
+            return match self.outgoing.back() {
+                Some((_, OutgoingInflight::Publish(delivery))) => {
+                    Some(Outgoing::InFlight(packet_id, delivery))
+                }
+                _ => None,
+            };
         }
+    }
+
+    /// [`Session::take_next`] as owned values: the packet identifier (0 for QoS 0) and a
+    /// copy of the delivery.
+    pub fn next_to_send(
+        &mut self,
+        window: usize,
+        now: Instant,
+        expired: &mut u64,
+    ) -> Option<(u16, Delivery)> {
+        self.take_next(window, now, expired)
+            .map(|o| (o.packet_id(), o.delivery().clone()))
     }
 
     fn allocate_packet_id(&mut self) -> Option<u16> {
