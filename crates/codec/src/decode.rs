@@ -1,9 +1,9 @@
 //! Packet decoding: framing (fixed header, remaining length, size limit, which packet
 //! types a connection accepts). The packets' bodies are read in [`crate::read`].
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::primitives::{err, parse_varint, VarInt};
-use crate::{read, DecodeError, DecodeErrorKind, Packet, ProtocolVersion};
+use crate::{read, DecodeError, DecodeErrorKind, Packet, ProtocolVersion, PubResponse};
 
 /// The largest remaining length MQTT can express (four varint bytes).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -53,6 +53,10 @@ pub fn decode(
         return Ok(None);
     }
 
+    if let Some(ack) = short_ack(byte1, remaining, buf) {
+        buf.advance(total);
+        return Ok(Some(ack));
+    }
     let frame = buf.split_to(total).freeze();
     match read::packet(byte1, &frame, header_len, version) {
         Ok(packet) => Ok(Some(packet)),
@@ -60,6 +64,32 @@ pub fn decode(
             restore(buf, frame);
             Err(e)
         }
+    }
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP with just a packet identifier (3.1.1's only form,
+/// 5.0's for success), read in place. A subscriber acknowledges every QoS 1/2 message,
+/// and splitting a frame off the buffer for four bytes cost two reference-count updates
+/// on the read buffer per acknowledgement. `byte1` has passed `check_first_byte`;
+/// anything else (packet identifier 0 among it) is left to the general path.
+fn short_ack(byte1: u8, remaining: usize, buf: &[u8]) -> Option<Packet> {
+    if remaining != 2 {
+        return None;
+    }
+    let packet_id = match buf.get(2..4)? {
+        &[hi, lo] => u16::from_be_bytes([hi, lo]),
+        _ => return None,
+    };
+    if packet_id == 0 {
+        return None;
+    }
+    let response = PubResponse::new(packet_id);
+    match byte1 >> 4 {
+        4 => Some(Packet::PubAck(response)),
+        5 => Some(Packet::PubRec(response)),
+        6 => Some(Packet::PubRel(response)),
+        7 => Some(Packet::PubComp(response)),
+        _ => None,
     }
 }
 
@@ -173,6 +203,40 @@ mod tests {
             decode_connect_version(&[0x20, 0x0A, 0, 4, b'M', b'Q', b'T', b'T', 5]),
             None
         );
+    }
+
+    /// The in-place reading of short acknowledgements gives what the general reader gives.
+    #[test]
+    fn short_acks_read_in_place_match_the_general_reader() {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for byte1 in [0x40u8, 0x50, 0x62, 0x70] {
+                for packet_id in [1u16, 2, 0x1234, u16::MAX] {
+                    let [hi, lo] = packet_id.to_be_bytes();
+                    let bytes = [byte1, 2, hi, lo, 0xC0, 0x00];
+                    let general = read::packet(
+                        byte1,
+                        &Bytes::copy_from_slice(&bytes[..4]),
+                        2,
+                        Some(version),
+                    )
+                    .expect("valid acknowledgement");
+                    let mut buf = BytesMut::from(&bytes[..]);
+                    let decoded = decode(&mut buf, Some(version), 1024)
+                        .expect("valid")
+                        .expect("whole packet");
+                    assert_eq!(decoded, general);
+                    assert_eq!(
+                        &buf[..],
+                        &[0xC0, 0x00],
+                        "exactly the acknowledgement consumed"
+                    );
+                }
+            }
+        }
+        // Packet identifier 0 is still refused, by the general reader.
+        let mut buf = BytesMut::from(&[0x40u8, 2, 0, 0][..]);
+        let e = decode(&mut buf, Some(ProtocolVersion::V311), 1024).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::PacketId);
     }
 
     #[test]
