@@ -299,11 +299,12 @@ impl<K: Eq + Hash, V> SubscriptionTree<K, V> {
     /// highest granted QoS) is the caller's business.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &K, &V)) {
         let dollar = topic.starts_with('$');
-        // Pending branches: a node and the topic levels it has still to consume. One
-        // allocation per call, none per level.
-        let mut stack: Vec<(&Node<K, V>, Split<'_, char>)> = Vec::with_capacity(8);
-        stack.push((&self.root, topic.split('/')));
-        while let Some((node, mut rest)) = stack.pop() {
+        // The branch being walked, and pending ones (a node and the topic levels it has
+        // still to consume). Only `+` subscriptions add a pending branch, so a topic that
+        // meets none allocates nothing.
+        let mut current = Some((&self.root, topic.split('/')));
+        let mut stack: Vec<(&Node<K, V>, Split<'_, char>)> = Vec::new();
+        while let Some((node, mut rest)) = current.take().or_else(|| stack.pop()) {
             let wildcards_allowed = !(dollar && std::ptr::eq(node, &self.root));
             match rest.next() {
                 None => {
@@ -324,7 +325,7 @@ impl<K: Eq + Hash, V> SubscriptionTree<K, V> {
                         }
                     }
                     if let Some(child) = node.children.get(level) {
-                        stack.push((child, rest));
+                        current = Some((child, rest));
                     }
                 }
             }
