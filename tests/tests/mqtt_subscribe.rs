@@ -3,6 +3,8 @@
 //! UNSUBSCRIBE stopping delivery, UNSUBACK 0x11, invalid filters.
 
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet as V4Packet, QoS as V4QoS};
+use std::time::Duration;
+use tern_broker::DropReason;
 use tern_codec::{
     Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeProperties, Unsubscribe,
 };
@@ -443,4 +445,71 @@ async fn resubscribe_replaces_qos_without_duplicates() {
         "with the new QoS: {:?}",
         got[0]
     );
+}
+
+/// A publisher that keeps to one topic has its subscribers looked up once and reused
+/// (the broker's match cache) while no subscription changes: every change must still
+/// show at once, for a subscriber arriving, upgrading its QoS, leaving by UNSUBSCRIBE
+/// and leaving by disconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_on_one_topic_sees_every_subscription_change() {
+    let node = TestNode::start().await;
+    let addr = node.mqtt_addr();
+    let mut publ = RawClient::v5(addr, "cache-pub").await;
+    let mut fencer = RawClient::v5(addr, "cache-fencer").await;
+    let topic = "cache/t";
+    publ.publish(topic, "m0", QoS::AtLeastOnce, false).await;
+
+    let mut a = RawClient::v5(addr, "cache-a").await;
+    a.subscribe(topic, QoS::AtMostOnce).await;
+    a.subscribe("cache-fence/a", QoS::AtMostOnce).await;
+    publ.publish(topic, "m1", QoS::AtLeastOnce, false).await;
+    let got = a.recv_publishes(1).await;
+    assert_eq!(
+        (text(&got[0].payload), got[0].qos),
+        ("m1".into(), QoS::AtMostOnce)
+    );
+
+    // The same filter again with a higher QoS replaces the subscription's options.
+    a.subscribe(topic, QoS::AtLeastOnce).await;
+    publ.publish(topic, "m2", QoS::AtLeastOnce, false).await;
+    let got = a.recv_publishes(1).await;
+    assert_eq!(
+        (text(&got[0].payload), got[0].qos),
+        ("m2".into(), QoS::AtLeastOnce)
+    );
+
+    let mut b = RawClient::v5(addr, "cache-b").await;
+    b.subscribe("cache/+", QoS::AtLeastOnce).await;
+    publ.publish(topic, "m3", QoS::AtLeastOnce, false).await;
+    assert_eq!(text(&a.recv_publishes(1).await[0].payload), "m3");
+    assert_eq!(text(&b.recv_publishes(1).await[0].payload), "m3");
+
+    a.unsubscribe(&[topic]).await;
+    publ.publish(topic, "m4", QoS::AtLeastOnce, false).await;
+    assert_eq!(text(&b.recv_publishes(1).await[0].payload), "m4");
+    fencer
+        .publish("cache-fence/a", "fence-a", QoS::AtMostOnce, false)
+        .await;
+    let late = a.recv_until_payload("fence-a").await;
+    assert!(late.is_empty(), "nothing after UNSUBACK: {late:?}");
+
+    b.disconnect().await;
+    // b's clean session ends once the broker has handled its DISCONNECT.
+    let broker = node.running().broker().clone();
+    assert!(
+        tern_tests::wait_until(Duration::from_secs(10), || !broker.has_session("cache-b")).await,
+        "b's session outlived its connection"
+    );
+    let dropped = broker.stats.dropped(DropReason::NoSubscriber);
+    publ.publish(topic, "m5", QoS::AtLeastOnce, false).await;
+    assert_eq!(
+        broker.stats.dropped(DropReason::NoSubscriber),
+        dropped + 1,
+        "m5 reached nobody"
+    );
+    let mut c = RawClient::v5(addr, "cache-c").await;
+    c.subscribe(topic, QoS::AtLeastOnce).await;
+    publ.publish(topic, "m6", QoS::AtLeastOnce, false).await;
+    assert_eq!(text(&c.recv_publishes(1).await[0].payload), "m6");
 }

@@ -81,6 +81,9 @@ pub struct Broker {
     pub stats: Stats,
     sessions: Mutex<HashMap<Arc<str>, Arc<SessionSlot>>>,
     subscriptions: RwLock<SubscriptionTree<SlotKey, IndexEntry>>,
+    /// Bumped (under the index's write lock) on every change to `subscriptions`, so a
+    /// [`MatchCache`] can tell that what it found still holds.
+    index_generation: AtomicU64,
     shared: RwLock<SharedGroups<SharedMember>>,
     retained: RwLock<RetainedStore<Arc<Message>>>,
     shutdown: watch::Sender<bool>,
@@ -117,6 +120,7 @@ impl Broker {
             stats: Stats::default(),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTree::new()),
+            index_generation: AtomicU64::new(0),
             shared: RwLock::new(SharedGroups::new()),
             retained: RwLock::new(RetainedStore::new()),
             shutdown: watch::channel(false).0,
@@ -642,6 +646,7 @@ impl Broker {
                 };
                 let mut tree = self.subscriptions.write();
                 let existed = tree.insert(filter, key, entry).is_some();
+                self.index_generation.fetch_add(1, Ordering::Release);
                 if !existed && tree.subscriber_count(filter) == 1 {
                     // Under the lock, so the cluster hears changes in the order they happen.
                     self.cluster.route_added(filter);
@@ -680,6 +685,9 @@ impl Broker {
             _ => {
                 let mut tree = self.subscriptions.write();
                 let removed = tree.remove(filter, &key).is_some();
+                if removed {
+                    self.index_generation.fetch_add(1, Ordering::Release);
+                }
                 if removed && tree.subscriber_count(filter) == 0 {
                     self.cluster.route_removed(filter);
                 }
@@ -723,12 +731,17 @@ impl Broker {
     /// retained store, delivers to local subscribers and hands it to the cluster. Returns
     /// how many local sessions it reached.
     pub fn publish(&self, message: Arc<Message>) -> usize {
+        self.publish_matching(message, &mut MatchCache::default())
+    }
+
+    /// [`Broker::publish`] for a connection that keeps a [`MatchCache`] of its last topic.
+    pub(crate) fn publish_matching(&self, message: Arc<Message>, cache: &mut MatchCache) -> usize {
         if message.retain {
             self.store_retained(&message);
             let kept = (!message.payload.is_empty()).then_some(&message);
             self.cluster.retained_changed(&message.topic, kept);
         }
-        let reached = self.deliver_local(&message);
+        let reached = self.deliver_cached(&message, !self.cluster.shares_across_nodes(), cache);
         self.cluster.forward(&message);
         reached
     }
@@ -777,40 +790,106 @@ impl Broker {
     }
 
     fn deliver(&self, message: &Arc<Message>, include_shared: bool) -> usize {
-        // Collected first, delivered after the index's lock is released (a slot's lock is
-        // taken before the index's elsewhere). The vector is the thread's own, kept
-        // between messages: one allocation per message was a few per cent of pairs.
-        let mut targets = DELIVERY_TARGETS.with(|t| t.take());
+        let mut matched = MATCHED.with(|m| m.take());
+        self.match_subscribers(message, &mut matched);
+        let reached = self.deliver_matched(message, &matched, include_shared);
+        matched.clear();
+        if matched.capacity() <= MatchCache::KEPT_TARGETS {
+            MATCHED.with(|m| m.replace(matched));
+        }
+        reached
+    }
+
+    /// Delivers to the subscribers `cache` holds for the message's topic, finding them
+    /// again if the topic or the index changed since.
+    fn deliver_cached(
+        &self,
+        message: &Arc<Message>,
+        include_shared: bool,
+        cache: &mut MatchCache,
+    ) -> usize {
+        let generation = self.index_generation.load(Ordering::Acquire);
+        let fresh = cache.generation == generation
+            && cache
+                .topic
+                .as_ref()
+                .is_some_and(|topic| **topic == *message.topic)
+            && cache.origin.as_ref() == Some(&message.origin_client);
+        if !fresh {
+            cache.targets.clear();
+            cache.generation = self.match_subscribers(message, &mut cache.targets);
+            cache.topic = Some(message.topic.clone());
+            cache.origin = Some(message.origin_client.clone());
+        }
+        let reached = self.deliver_matched(message, &cache.targets, include_shared);
+        if cache.targets.len() > MatchCache::KEPT_TARGETS {
+            // Not worth the memory: a topic this popular costs its walk every time.
+            *cache = MatchCache::default();
+        }
+        reached
+    }
+
+    /// Delivers to `matched` and, with `include_shared`, to a member of every matching
+    /// shared group; counts a message that reached nobody.
+    fn deliver_matched(
+        &self,
+        message: &Arc<Message>,
+        matched: &[MatchedSubscriber],
+        include_shared: bool,
+    ) -> usize {
+        let mut reached = matched.len();
+        for target in matched {
+            self.deliver_to(&target.slot.0, target.delivery(message));
+        }
+        if include_shared {
+            reached += self.deliver_to_shared_groups(message);
+        }
+        if reached == 0 {
+            self.stats.count_dropped(DropReason::NoSubscriber, 1);
+        }
+        reached
+    }
+
+    /// Puts in `into` the plain (not shared) subscriptions matching the message's topic,
+    /// one per client; returns the index generation they were read at.
+    fn match_subscribers(&self, message: &Message, into: &mut Vec<MatchedSubscriber>) -> u64 {
         // A client has one subscription per filter, so it can only be reached twice when
         // more than one filter matched; only then are copies merged (a sort per message
         // that fan-out to one filter's many subscribers does not need).
         let mut filters_matched = 0usize;
         let mut last_filter: *const u8 = std::ptr::null();
-        {
-            let tree = self.subscriptions.read();
-            tree.for_each_match(&message.topic, |filter, key, entry| {
-                if filter.as_ptr() != last_filter {
-                    last_filter = filter.as_ptr();
-                    filters_matched += 1;
-                }
-                if entry.no_local && *key.0.client_id == *message.origin_client {
-                    return;
-                }
-                targets.push((
-                    key.clone(),
-                    Delivery {
-                        message: message.clone(),
-                        qos: message.qos.min(entry.qos),
-                        retain: message.retain && entry.retain_as_published,
-                        subscription_ids: entry.identifier.into_iter().collect(),
-                    },
-                ));
+        let tree = self.subscriptions.read();
+        // Read under the lock: exactly the index the walk sees.
+        let generation = self.index_generation.load(Ordering::Acquire);
+        tree.for_each_match(&message.topic, |filter, key, entry| {
+            if filter.as_ptr() != last_filter {
+                last_filter = filter.as_ptr();
+                filters_matched += 1;
+            }
+            if entry.no_local && *key.0.client_id == *message.origin_client {
+                return;
+            }
+            into.push(MatchedSubscriber {
+                slot: key.clone(),
+                qos: entry.qos,
+                retain_as_published: entry.retain_as_published,
+                subscription_ids: entry.identifier.into_iter().collect(),
             });
+        });
+        drop(tree);
+        if filters_matched > 1 && into.len() > 1 {
+            merge_overlapping(into);
         }
-        if filters_matched > 1 && targets.len() > 1 {
-            merge_overlapping(&mut targets);
-        }
-        if include_shared {
+        generation
+    }
+
+    /// Delivers to one member of every shared group whose filter matches; returns how many.
+    fn deliver_to_shared_groups(&self, message: &Arc<Message>) -> usize {
+        // Collected first, delivered after the groups' lock is released (a slot's lock is
+        // taken before the index's elsewhere). The vector is the thread's own, kept
+        // between messages.
+        let mut targets = SHARED_TARGETS.with(|t| t.take());
+        {
             let shared = self.shared.read();
             shared.for_each_matching_group(&message.topic, |group, filter| {
                 if let Some(member) = shared
@@ -829,15 +908,12 @@ impl Broker {
                 }
             });
         }
-        if targets.is_empty() {
-            self.stats.count_dropped(DropReason::NoSubscriber, 1);
-        }
         let reached = targets.len();
         for (key, delivery) in targets.drain(..) {
             self.deliver_to(&key.0, delivery);
         }
-        if targets.capacity() <= KEPT_TARGETS_CAPACITY {
-            DELIVERY_TARGETS.with(|t| t.replace(targets));
+        if targets.capacity() <= MatchCache::KEPT_TARGETS {
+            SHARED_TARGETS.with(|t| t.replace(targets));
         }
         reached
     }
@@ -873,14 +949,53 @@ impl Broker {
     }
 }
 
-/// A worker thread keeps its targets vector only up to this capacity, so one message to
-/// a huge audience does not pin its memory for good.
-const KEPT_TARGETS_CAPACITY: usize = 4096;
-
 thread_local! {
-    /// [`Broker::deliver`]'s list of targets, reused (empty between calls).
-    static DELIVERY_TARGETS: std::cell::Cell<Vec<(SlotKey, Delivery)>> =
+    /// [`Broker::deliver`]'s list of subscribers, reused (empty between calls).
+    static MATCHED: std::cell::Cell<Vec<MatchedSubscriber>> =
         const { std::cell::Cell::new(Vec::new()) };
+    /// [`Broker::deliver_to_shared_groups`]'s list of targets, reused (empty between calls).
+    static SHARED_TARGETS: std::cell::Cell<Vec<(SlotKey, Delivery)>> =
+        const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A subscriber a topic reaches, with its subscriptions' options merged.
+#[derive(Debug)]
+pub(crate) struct MatchedSubscriber {
+    slot: SlotKey,
+    /// The highest QoS granted among the client's matching subscriptions.
+    qos: QoS,
+    /// Whether any of them is Retain As Published.
+    retain_as_published: bool,
+    subscription_ids: Vec<u32>,
+}
+
+impl MatchedSubscriber {
+    fn delivery(&self, message: &Arc<Message>) -> Delivery {
+        Delivery {
+            message: message.clone(),
+            qos: message.qos.min(self.qos),
+            retain: message.retain && self.retain_as_published,
+            subscription_ids: self.subscription_ids.clone(),
+        }
+    }
+}
+
+/// The subscribers of the topic one connection last published to, as the index had them
+/// at `generation`. A publisher mostly keeps to one topic, and walking the index (a
+/// hash lookup per level) was the largest single cost of a message in the pairs
+/// benchmark; while no subscription anywhere changes, the walk's result is reused.
+#[derive(Debug, Default)]
+pub(crate) struct MatchCache {
+    topic: Option<Arc<str>>,
+    /// The publisher: No Local subscriptions are filtered by it.
+    origin: Option<Arc<str>>,
+    generation: u64,
+    targets: Vec<MatchedSubscriber>,
+}
+
+impl MatchCache {
+    /// A topic reaching more subscribers than this is not kept (nor is the vector).
+    const KEPT_TARGETS: usize = 4096;
 }
 
 enum Handed {
@@ -899,16 +1014,15 @@ enum TimerKind {
 
 /// One copy per client when several of its subscriptions match: the highest QoS, the
 /// retain flag if any subscription keeps it, and every subscription identifier.
-fn merge_overlapping(targets: &mut Vec<(SlotKey, Delivery)>) {
-    targets.sort_by_key(|(k, _)| Arc::as_ptr(&k.0) as usize);
+fn merge_overlapping(targets: &mut Vec<MatchedSubscriber>) {
+    targets.sort_by_key(|t| Arc::as_ptr(&t.slot.0) as usize);
     targets.dedup_by(|later, kept| {
-        if later.0 != kept.0 {
+        if later.slot != kept.slot {
             return false;
         }
-        let (_, l) = later;
-        kept.1.qos = kept.1.qos.max(l.qos);
-        kept.1.retain |= l.retain;
-        kept.1.subscription_ids.append(&mut l.subscription_ids);
+        kept.qos = kept.qos.max(later.qos);
+        kept.retain_as_published |= later.retain_as_published;
+        kept.subscription_ids.append(&mut later.subscription_ids);
         true
     });
 }

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info};
 
 use crate::auth::AuthOutcome;
-use crate::broker::Broker;
+use crate::broker::{Broker, MatchCache};
 use crate::mailbox::{mailbox, MailboxReceiver};
 use crate::publish_writer::{PublishWriter, Unwritten};
 use crate::registry::{ConnCommand, SessionSlot};
@@ -450,6 +450,7 @@ async fn accept_connect(
             },
         ),
         last_topic: None,
+        match_cache: MatchCache::default(),
         received: [0; 3],
         in_aliases: HashMap::new(),
         problem_info,
@@ -476,6 +477,8 @@ struct Connection {
     publish_writer: PublishWriter,
     /// The topic of the last PUBLISH from the client that passed the checks.
     last_topic: Option<Arc<str>>,
+    /// Who the last PUBLISH's topic reached (see [`MatchCache`]).
+    match_cache: MatchCache,
     /// PUBLISHes received by QoS, not yet added to the broker's counters (see `pump`).
     received: [u64; 3],
     in_aliases: HashMap<u16, Arc<str>>,
@@ -809,7 +812,8 @@ impl Connection {
             p.properties,
             Instant::now(),
         );
-        self.broker.publish(Arc::new(message));
+        self.broker
+            .publish_matching(Arc::new(message), &mut self.match_cache);
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.write_packet(&Packet::PubAck(PubResponse::new(packet_id))),
