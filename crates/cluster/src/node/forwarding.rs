@@ -17,7 +17,9 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::core::Inner;
-use crate::forward::{ForwardAck, ForwardBatch, Inbound, Outbound, OutboundLimits, SharedTarget};
+use crate::forward::{
+    ForwardAck, ForwardBatch, Inbound, Interner, Outbound, OutboundLimits, SharedTarget,
+};
 use crate::transport::LaneFrame;
 use crate::types::{NodeId, WireClock};
 
@@ -149,13 +151,17 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
     };
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
+        let mut strings = Interner::default();
         while let Some(frame) = frames.recv().await {
             let Some(inner) = weak.upgrade() else { return };
             let Some((&tag, body)) = frame.frame.split_first() else {
                 continue;
             };
             match tag {
-                TAG_BATCH => receive_batch(&inner, frame.from, frame.frame.slice(1..)).await,
+                TAG_BATCH => {
+                    let body = frame.frame.slice(1..);
+                    receive_batch(&inner, frame.from, body, &mut strings).await;
+                }
                 TAG_ACK => match ForwardAck::decode(body) {
                     Ok(ack) => {
                         if let Some(p) = inner.peers.lock().get(&frame.from) {
@@ -170,8 +176,8 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
     });
 }
 
-async fn receive_batch(inner: &Arc<Inner>, from: NodeId, body: Bytes) {
-    let batch = match ForwardBatch::decode_messages(&body, WireClock::now()) {
+async fn receive_batch(inner: &Arc<Inner>, from: NodeId, body: Bytes, strings: &mut Interner) {
+    let batch = match ForwardBatch::decode_messages_with(&body, WireClock::now(), strings) {
         Ok(b) => b,
         Err(e) => {
             warn!(peer = from, error = %e, "bad forward batch");
