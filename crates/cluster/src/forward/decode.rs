@@ -10,6 +10,7 @@
 //! Untrusted input: every length is checked against what is left before anything is read
 //! or allocated, nesting is bounded, and nothing panics.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +33,40 @@ pub const SHARE_PAYLOAD_FROM: usize = 1024;
 pub struct DecodeError {
     pub at: usize,
     pub what: &'static str,
+}
+
+/// Longest string an [`Interner`] keeps; longer ones are copied each time.
+const INTERN_MAX_LEN: usize = 256;
+/// Bytes of strings an [`Interner`] keeps before it starts over.
+const INTERN_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// The topics and client ids of earlier batches, for a receiver that decodes many: a
+/// message that repeats one (the common case: publishers keep to their topics) shares the
+/// kept `Arc<str>` (one hash lookup) instead of allocating and copying its own, which
+/// was most of decoding's cost. Bounded by [`INTERN_MAX_BYTES`]: past that it forgets
+/// everything and starts over.
+#[derive(Debug, Default)]
+pub struct Interner {
+    strings: HashSet<Arc<str>>,
+    bytes: usize,
+}
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(kept) = self.strings.get(s) {
+            return kept.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        if s.len() <= INTERN_MAX_LEN {
+            if self.bytes + s.len() > INTERN_MAX_BYTES {
+                self.strings.clear();
+                self.bytes = 0;
+            }
+            self.bytes += s.len();
+            self.strings.insert(new.clone());
+        }
+        new
+    }
 }
 
 /// Deepest nesting an unknown field may have before the batch is refused.
@@ -263,9 +298,18 @@ impl<'a> Reader<'a> {
 
 /// Decodes exactly one batch (`bytes` holds nothing else) into messages received at
 /// `clock`.
+#[cfg(test)]
 pub(crate) fn decode_batch(
     bytes: &Bytes,
     clock: WireClock,
+) -> Result<ForwardBatch<Arc<Message>>, DecodeError> {
+    decode_batch_with(bytes, clock, &mut Interner::default())
+}
+
+pub(crate) fn decode_batch_with(
+    bytes: &Bytes,
+    clock: WireClock,
+    strings: &mut Interner,
 ) -> Result<ForwardBatch<Arc<Message>>, DecodeError> {
     let mut r = Reader { buf: bytes, pos: 0 };
     let (mut origin, mut link_epoch, mut messages) = (None, None, None);
@@ -277,7 +321,7 @@ pub(crate) fn decode_batch(
                 let n = r.array_len()?;
                 let mut list = Vec::with_capacity(n);
                 for _ in 0..n {
-                    list.push(forwarded(&mut r, bytes, clock)?);
+                    list.push(forwarded(&mut r, bytes, clock, strings)?);
                 }
                 messages = Some(list);
             }
@@ -297,12 +341,17 @@ pub(crate) fn decode_batch(
     }
 }
 
-fn forwarded(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Forwarded<Arc<Message>>> {
+fn forwarded(
+    r: &mut Reader<'_>,
+    frame: &Bytes,
+    clock: WireClock,
+    strings: &mut Interner,
+) -> R<Forwarded<Arc<Message>>> {
     let (mut seq, mut message, mut shared) = (None, None, None);
     for _ in 0..r.map_len()? {
         match r.key()? {
             b"seq" => seq = Some(r.uint()?),
-            b"message" => message = Some(self::message(r, frame, clock)?),
+            b"message" => message = Some(self::message(r, frame, clock, strings)?),
             b"shared" => {
                 shared = if r.nil()? {
                     None
@@ -353,7 +402,12 @@ fn bytes_of(frame: &Bytes, part: &[u8]) -> Bytes {
 }
 
 /// Built in its `Arc` directly: moving the large `Message` through results showed up.
-fn message(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Arc<Message>> {
+fn message(
+    r: &mut Reader<'_>,
+    frame: &Bytes,
+    clock: WireClock,
+    strings: &mut Interner,
+) -> R<Arc<Message>> {
     let mut topic = None;
     let mut payload = None;
     let mut qos = None;
@@ -407,11 +461,11 @@ fn message(r: &mut Reader<'_>, frame: &Bytes, clock: WireClock) -> R<Arc<Message
         return r.err("message field missing");
     };
     Ok(Arc::new(Message {
-        topic: Arc::from(topic),
+        topic: strings.get(topic),
         payload: bytes_of(frame, payload),
         qos: QoS::from_u8(qos).unwrap_or(QoS::AtMostOnce),
         retain,
-        origin_client: Arc::from(origin),
+        origin_client: strings.get(origin),
         received_at: clock.now,
         expires_at: expires_at_unix_ms.map(|at| clock.to_instant(at)),
         payload_format_indicator,
@@ -525,6 +579,41 @@ mod tests {
             let decoded = decode_batch(&bytes, clock).expect("decode");
             assert_eq!(decoded, reference(&bytes, clock));
         }
+    }
+
+    #[test]
+    fn repeated_strings_are_shared_across_batches_and_decode_the_same() {
+        let clock = clock();
+        let long = "x".repeat(INTERN_MAX_LEN + 1);
+        let b = batch_of(vec![
+            (wire("a/b".into(), b"1".to_vec(), 1, false), false),
+            (wire("a/b".into(), b"2".to_vec(), 0, true), false),
+            (wire(long.clone(), b"3".to_vec(), 0, false), false),
+        ]);
+        let bytes = Bytes::from(b.encode().expect("encode"));
+        let mut strings = Interner::default();
+        let first = decode_batch_with(&bytes, clock, &mut strings).expect("decode");
+        let second = decode_batch_with(&bytes, clock, &mut strings).expect("decode");
+        assert_eq!(first, reference(&bytes, clock));
+        assert_eq!(second, first);
+        let (m0, m1) = (&first.messages[0].message, &second.messages[1].message);
+        assert!(Arc::ptr_eq(&m0.topic, &m1.topic));
+        assert!(Arc::ptr_eq(&m0.origin_client, &m1.origin_client));
+        // Too long to keep: a copy each time, still the same text.
+        let (l0, l1) = (&first.messages[2].message, &second.messages[2].message);
+        assert!(!Arc::ptr_eq(&l0.topic, &l1.topic));
+        assert_eq!(&*l1.topic, long);
+    }
+
+    #[test]
+    fn an_interner_starts_over_past_its_byte_bound() {
+        let mut strings = Interner::default();
+        let kept = strings.get("first");
+        for i in 0..=(INTERN_MAX_BYTES / INTERN_MAX_LEN) {
+            strings.get(&format!("{i:0>w$}", w = INTERN_MAX_LEN));
+        }
+        assert!(strings.bytes <= INTERN_MAX_BYTES);
+        assert!(!Arc::ptr_eq(&kept, &strings.get("first")));
     }
 
     #[test]

@@ -191,7 +191,17 @@ impl ForwardBatch<Arc<Message>> {
     /// one) into broker messages received at `clock`. Payloads share `bytes`' memory;
     /// only topics and client ids are copied, once each.
     pub fn decode_messages(bytes: &Bytes, clock: WireClock) -> Result<Self, FrameError> {
-        Ok(super::decode::decode_batch(bytes, clock)?)
+        Self::decode_messages_with(bytes, clock, &mut super::decode::Interner::default())
+    }
+
+    /// [`Self::decode_messages`], sharing topics and client ids with earlier batches
+    /// decoded with the same `strings` (see [`Interner`](super::decode::Interner)).
+    pub fn decode_messages_with(
+        bytes: &Bytes,
+        clock: WireClock,
+        strings: &mut super::decode::Interner,
+    ) -> Result<Self, FrameError> {
+        Ok(super::decode::decode_batch_with(bytes, clock, strings)?)
     }
 }
 

@@ -60,7 +60,7 @@ mod outbound;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{DecodeError, SHARE_PAYLOAD_FROM};
+pub use decode::{DecodeError, Interner, SHARE_PAYLOAD_FROM};
 pub use frame::{ForwardAck, ForwardBatch, ForwardMessage, Forwarded, FrameError, SharedTarget};
 pub use inbound::{Inbound, InboundCounters};
 pub use outbound::{DropCounts, DropReason, Outbound, OutboundLimits, PushOutcome};

@@ -7,6 +7,7 @@
 //! ([`LaneFrame`]) that goes to quinn; the receiver decodes it with strings and payloads
 //! borrowed from the received frame and builds each broker message from there.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,9 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::core::Inner;
-use crate::forward::{ForwardAck, ForwardBatch, Inbound, Outbound, OutboundLimits, SharedTarget};
+use crate::forward::{
+    ForwardAck, ForwardBatch, Inbound, Interner, Outbound, OutboundLimits, SharedTarget,
+};
 use crate::transport::LaneFrame;
 use crate::types::{NodeId, WireClock};
 
@@ -143,20 +146,32 @@ async fn send_loop(weak: Weak<Inner>, node: NodeId, link: Arc<PeerLink>) {
 }
 
 /// Reads every frame other nodes send on lanes.
+///
+/// Acks are cumulative, so only the latest per origin matters: while more frames are
+/// already waiting, the acks of the batches just delivered are held back (at most
+/// [`ACK_EVERY_BATCHES`] batches) and sent together once the queue is empty. Under load
+/// that is one ack for many batches instead of one each; when idle, every batch is still
+/// acknowledged as soon as it is delivered.
 pub(crate) fn start_receiving(inner: &Arc<Inner>) {
     let Some(mut frames) = inner.transport.take_incoming() else {
         return;
     };
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
+        let mut strings = Interner::default();
+        let mut acks = PendingAcks::default();
         while let Some(frame) = frames.recv().await {
             let Some(inner) = weak.upgrade() else { return };
-            let Some((&tag, body)) = frame.frame.split_first() else {
-                continue;
-            };
-            match tag {
-                TAG_BATCH => receive_batch(&inner, frame.from, frame.frame.slice(1..)).await,
-                TAG_ACK => match ForwardAck::decode(body) {
+            match frame.frame.split_first() {
+                None => {}
+                Some((&TAG_BATCH, _)) => {
+                    let body = frame.frame.slice(1..);
+                    if let Some(ack) = receive_batch(&inner, frame.from, body, &mut strings) {
+                        acks.held.insert(frame.from, ack);
+                        acks.batches += 1;
+                    }
+                }
+                Some((&TAG_ACK, body)) => match ForwardAck::decode(body) {
                     Ok(ack) => {
                         if let Some(p) = inner.peers.lock().get(&frame.from) {
                             p.outbound.lock().on_ack(ack);
@@ -164,18 +179,55 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
                     }
                     Err(e) => warn!(peer = frame.from, error = %e, "bad forward ack"),
                 },
-                other => warn!(peer = frame.from, tag = other, "unknown frame on a lane"),
+                Some((&other, _)) => {
+                    warn!(peer = frame.from, tag = other, "unknown frame on a lane");
+                }
+            }
+            if acks.batches > 0 && (frames.is_empty() || acks.batches >= ACK_EVERY_BATCHES) {
+                acks.send_all(&inner).await;
             }
         }
     });
 }
 
-async fn receive_batch(inner: &Arc<Inner>, from: NodeId, body: Bytes) {
-    let batch = match ForwardBatch::decode_messages(&body, WireClock::now()) {
+/// Most delivered batches whose acks wait for the incoming queue to empty.
+const ACK_EVERY_BATCHES: usize = 16;
+
+/// The latest ack per origin, not sent yet.
+#[derive(Default)]
+struct PendingAcks {
+    held: HashMap<NodeId, ForwardAck>,
+    batches: usize,
+}
+
+impl PendingAcks {
+    async fn send_all(&mut self, inner: &Arc<Inner>) {
+        self.batches = 0;
+        for (from, ack) in self.held.drain() {
+            let Ok(body) = ack.encode() else { continue };
+            let sender = inner.transport.send_stream(from, ACK_LANE);
+            if sender.send(tagged(TAG_ACK, &body)).await.is_err() {
+                debug!(
+                    peer = from,
+                    "ack not sent; the peer resends after reconnecting"
+                );
+            }
+        }
+    }
+}
+
+/// Decodes, dedups and delivers one batch; returns the ack it earned, if any.
+fn receive_batch(
+    inner: &Arc<Inner>,
+    from: NodeId,
+    body: Bytes,
+    strings: &mut Interner,
+) -> Option<ForwardAck> {
+    let batch = match ForwardBatch::decode_messages_with(&body, WireClock::now(), strings) {
         Ok(b) => b,
         Err(e) => {
             warn!(peer = from, error = %e, "bad forward batch");
-            return;
+            return None;
         }
     };
     let (deliver, ack) = {
@@ -196,15 +248,5 @@ async fn receive_batch(inner: &Arc<Inner>, from: NodeId, body: Bytes) {
             }
         }
     }
-    if let Some(ack) = ack {
-        if let Ok(body) = ack.encode() {
-            let sender = inner.transport.send_stream(from, ACK_LANE);
-            if sender.send(tagged(TAG_ACK, &body)).await.is_err() {
-                debug!(
-                    peer = from,
-                    "ack not sent; the peer resends after reconnecting"
-                );
-            }
-        }
-    }
+    ack
 }

@@ -32,30 +32,28 @@ impl Cluster for Hooks {
 
     fn forward(&self, message: &Arc<Message>) {
         let inner = &self.0;
-        let mut nodes = Vec::new();
         let mut shared = Vec::new();
         // The read guard is held until every copy is queued: a route change waits for
         // it, so once a node has applied a change, everything routed by the old routes
         // is already in the links' queues (what a session handover's flush relies on).
         let state = inner.state.read();
-        state.nodes_for_topic(&message.topic, inner.id, |n| nodes.push(n));
-        state.shared_groups_for_topic(&message.topic, |group, filter, members| {
-            let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
-            if let Some(node) = pick_weighted(members, ticket) {
-                let others: Vec<_> = members
-                    .iter()
-                    .filter(|(n, _)| *n != inner.id)
-                    .copied()
-                    .collect();
-                shared.push((group.to_string(), filter.to_string(), node, others));
-            }
-        });
-        if nodes.is_empty() && shared.is_empty() {
-            return;
+        let route = state.topic_route(&message.topic);
+        if route.shared {
+            state.shared_groups_for_topic(&message.topic, |group, filter, members| {
+                let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
+                if let Some(node) = pick_weighted(members, ticket) {
+                    let others: Vec<_> = members
+                        .iter()
+                        .filter(|(n, _)| *n != inner.id)
+                        .copied()
+                        .collect();
+                    shared.push((group.to_string(), filter.to_string(), node, others));
+                }
+            });
         }
         // Each link queues the message itself (a reference count): it is converted to
         // its wire form only when encoded into a batch.
-        for node in nodes {
+        for &node in route.nodes.iter().filter(|&&n| n != inner.id) {
             forwarding::push(inner, node, message.clone(), None);
         }
         for (group, filter, node, others) in shared {

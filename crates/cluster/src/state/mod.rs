@@ -16,8 +16,10 @@ mod image;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tern_broker::retained::RetainedStore;
@@ -87,6 +89,26 @@ pub struct ClusterState {
     /// Derived from `shared`: filter trie, key = group, value = (node, members) sorted by
     /// node, handed to callers as a slice.
     shared_index: SubscriptionTree<Arc<str>, Vec<(NodeId, u32)>>,
+    /// Derived from both indexes, filled lazily by [`Self::topic_route`]: per topic, the
+    /// nodes with a matching route and whether any shared group matches. Emptied by every
+    /// command that can change routes or shared groups (under the caller's write lock), so
+    /// a reader holding the read lock never sees an entry older than the indexes.
+    topic_routes: Mutex<HashMap<Box<str>, TopicRoute>>,
+}
+
+/// Most topics [`ClusterState::topic_route`] remembers; past it, it starts over (a
+/// publish path with more distinct live topics than this just walks the tries as before).
+const TOPIC_ROUTES_MAX: usize = 16 * 1024;
+
+/// What the routes say about one topic: see [`ClusterState::topic_route`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicRoute {
+    /// Nodes with at least one route matching the topic, sorted, without duplicates (the
+    /// local node included if it has one).
+    pub nodes: Arc<[NodeId]>,
+    /// Whether some shared group's filter matches the topic (then ask
+    /// [`ClusterState::shared_groups_for_topic`]).
+    pub shared: bool,
 }
 
 impl ClusterState {
@@ -105,6 +127,10 @@ impl ClusterState {
         cmd: &Command,
         on_change: &mut F,
     ) -> CommandResponse {
+        // Claims and retained messages leave routes alone; anything else may change them.
+        if !matches!(cmd, Command::Claim { .. } | Command::Retain { .. }) {
+            self.topic_routes.get_mut().clear();
+        }
         match cmd {
             Command::Routes { node, changes } => {
                 let mut changed = false;
@@ -295,6 +321,34 @@ impl ClusterState {
         nodes.sort_unstable();
         nodes.dedup();
         nodes.into_iter().for_each(&mut f);
+    }
+
+    /// The nodes whose routes match `topic` and whether a shared group does, as
+    /// [`Self::nodes_for_topic`] and [`Self::shared_groups_for_topic`] would find them,
+    /// remembered per topic until the next route change: the publish path asks this for
+    /// every message, and most messages go to a topic seen before.
+    pub fn topic_route(&self, topic: &str) -> TopicRoute {
+        if let Some(route) = self.topic_routes.lock().get(topic) {
+            return route.clone();
+        }
+        let mut nodes: Vec<NodeId> = Vec::new();
+        self.route_index
+            .for_each_match(topic, |_, &node, _| nodes.push(node));
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut shared = false;
+        self.shared_index
+            .for_each_match(topic, |_, _, _| shared = true);
+        let route = TopicRoute {
+            nodes: nodes.into(),
+            shared,
+        };
+        let mut cache = self.topic_routes.lock();
+        if cache.len() >= TOPIC_ROUTES_MAX {
+            cache.clear();
+        }
+        cache.insert(topic.into(), route.clone());
+        route
     }
 
     /// Calls `f(group, filter, members)` for every shared group whose filter matches

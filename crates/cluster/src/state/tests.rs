@@ -324,6 +324,25 @@ proptest! {
     }
 
     #[test]
+    fn remembered_topic_routes_follow_every_change(
+        cmds in prop::collection::vec(command(), 0..40),
+    ) {
+        // Asked between every two commands, so a remembered answer that outlived a
+        // change would show.
+        let mut s = ClusterState::new();
+        let topics = ["a", "a/b", "a/c", "b", "b/b", "a/b/c", "$SYS/x", "$SYS"];
+        for c in cmds.iter().chain([&Command::PurgeNode { node: 1 }]) {
+            s.apply(c);
+            for t in topics {
+                let route = s.topic_route(t);
+                prop_assert_eq!(route.nodes.to_vec(), linear_nodes(&s, t, 0));
+                prop_assert_eq!(route.shared, !linear_groups(&s, t).is_empty());
+                prop_assert_eq!(s.topic_route(t), route);
+            }
+        }
+    }
+
+    #[test]
     fn purge_leaves_nothing_of_the_node(
         cmds in prop::collection::vec(command(), 0..40),
         node in NODES,
