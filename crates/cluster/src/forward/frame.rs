@@ -189,14 +189,9 @@ impl ForwardBatch {
 impl ForwardBatch<Arc<Message>> {
     /// Decodes exactly one batch from `bytes` (a whole received frame body, or a slice of
     /// one) into broker messages received at `clock`. Payloads share `bytes`' memory;
-    /// only topics and client ids are copied, once each.
-    pub fn decode_messages(bytes: &Bytes, clock: WireClock) -> Result<Self, FrameError> {
-        Self::decode_messages_with(bytes, clock, &mut super::decode::Interner::default())
-    }
-
-    /// [`Self::decode_messages`], sharing topics and client ids with earlier batches
-    /// decoded with the same `strings` (see [`Interner`](super::decode::Interner)).
-    pub fn decode_messages_with(
+    /// topics and client ids are shared with earlier batches decoded with the same
+    /// `strings` (see [`Interner`](super::decode::Interner)), or copied once each.
+    pub fn decode_messages(
         bytes: &Bytes,
         clock: WireClock,
         strings: &mut super::decode::Interner,

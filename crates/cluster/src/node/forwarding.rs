@@ -223,7 +223,7 @@ fn receive_batch(
     body: Bytes,
     strings: &mut Interner,
 ) -> Option<ForwardAck> {
-    let batch = match ForwardBatch::decode_messages_with(&body, WireClock::now(), strings) {
+    let batch = match ForwardBatch::decode_messages(&body, WireClock::now(), strings) {
         Ok(b) => b,
         Err(e) => {
             warn!(peer = from, error = %e, "bad forward batch");
