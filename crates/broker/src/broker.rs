@@ -731,17 +731,26 @@ impl Broker {
     /// retained store, delivers to local subscribers and hands it to the cluster. Returns
     /// how many local sessions it reached.
     pub fn publish(&self, message: Arc<Message>) -> usize {
-        self.publish_matching(message, &mut MatchCache::default())
+        self.publish_with(message, None)
     }
 
-    /// [`Broker::publish`] for a connection that keeps a [`MatchCache`] of its last topic.
+    /// [`Broker::publish`] for a client's connection, which keeps a [`MatchCache`] of its
+    /// last topic.
     pub(crate) fn publish_matching(&self, message: Arc<Message>, cache: &mut MatchCache) -> usize {
+        self.publish_with(message, Some(cache))
+    }
+
+    fn publish_with(&self, message: Arc<Message>, cache: Option<&mut MatchCache>) -> usize {
         if message.retain {
             self.store_retained(&message);
             let kept = (!message.payload.is_empty()).then_some(&message);
             self.cluster.retained_changed(&message.topic, kept);
         }
-        let reached = self.deliver_cached(&message, !self.cluster.shares_across_nodes(), cache);
+        let include_shared = !self.cluster.shares_across_nodes();
+        let reached = match cache {
+            Some(cache) => self.deliver_cached(&message, include_shared, cache),
+            None => self.deliver(&message, include_shared),
+        };
         self.cluster.forward(&message);
         reached
     }
@@ -813,13 +822,11 @@ impl Broker {
             && cache
                 .topic
                 .as_ref()
-                .is_some_and(|topic| **topic == *message.topic)
-            && cache.origin.as_ref() == Some(&message.origin_client);
+                .is_some_and(|topic| **topic == *message.topic);
         if !fresh {
             cache.targets.clear();
             cache.generation = self.match_subscribers(message, &mut cache.targets);
             cache.topic = Some(message.topic.clone());
-            cache.origin = Some(message.origin_client.clone());
         }
         let reached = self.deliver_matched(message, &cache.targets, include_shared);
         if cache.targets.len() > MatchCache::KEPT_TARGETS {
@@ -980,15 +987,14 @@ impl MatchedSubscriber {
     }
 }
 
-/// The subscribers of the topic one connection last published to, as the index had them
-/// at `generation`. A publisher mostly keeps to one topic, and walking the index (a
+/// The subscribers of the topic one client's connection last published to, as the index
+/// had them at `generation`, with that client's No Local subscriptions left out (a cache
+/// belongs to one client, so the publisher never changes). A publisher mostly keeps to one topic, and walking the index (a
 /// hash lookup per level) was the largest single cost of a message in the pairs
 /// benchmark; while no subscription anywhere changes, the walk's result is reused.
 #[derive(Debug, Default)]
 pub(crate) struct MatchCache {
     topic: Option<Arc<str>>,
-    /// The publisher: No Local subscriptions are filtered by it.
-    origin: Option<Arc<str>>,
     generation: u64,
     targets: Vec<MatchedSubscriber>,
 }

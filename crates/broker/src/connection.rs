@@ -1037,7 +1037,6 @@ impl Connection {
         let now = Instant::now();
         let mut expired = 0;
         let mut tally = DeliveryTally::default();
-        let mut too_large = 0;
         while self.out.len() < WRITE_HIGH_WATER {
             let Some(next) = self.session.take_next(self.window, now, &mut expired) else {
                 break;
@@ -1052,7 +1051,7 @@ impl Connection {
                 &mut tally,
             );
             if let Err(unwritten) = written {
-                self.count_unwritten(unwritten, &mut too_large);
+                self.log_unwritten(unwritten);
                 if packet_id != 0 {
                     self.session.abandon(packet_id);
                 }
@@ -1063,9 +1062,6 @@ impl Connection {
         stats.add_deliveries(&tally);
         if expired > 0 {
             stats.count_dropped(DropReason::Expired, expired);
-        }
-        if too_large > 0 {
-            stats.count_dropped(DropReason::TooLarge, too_large);
         }
     }
 
@@ -1080,12 +1076,9 @@ impl Connection {
         }
     }
 
-    fn count_unwritten(&self, unwritten: Unwritten, too_large: &mut u64) {
-        match unwritten {
-            Unwritten::TooLarge => *too_large += 1,
-            Unwritten::NotEncodable(e) => {
-                debug!(client_id = %self.client_id, error = %e, "PUBLISH not encodable");
-            }
+    fn log_unwritten(&self, unwritten: Unwritten) {
+        if let Unwritten::NotEncodable(e) = unwritten {
+            debug!(client_id = %self.client_id, error = %e, "PUBLISH not encodable");
         }
     }
 
@@ -1094,7 +1087,6 @@ impl Connection {
     fn resend_inflight(&mut self) {
         let now = Instant::now();
         let mut tally = DeliveryTally::default();
-        let mut too_large = 0;
         for resend in self.session.resend_on_resume() {
             match resend {
                 Resend::Publish(packet_id, delivery) => {
@@ -1107,7 +1099,7 @@ impl Connection {
                         &mut tally,
                     );
                     if let Err(unwritten) = written {
-                        self.count_unwritten(unwritten, &mut too_large);
+                        self.log_unwritten(unwritten);
                     }
                 }
                 Resend::PubRel(packet_id) => {
@@ -1116,11 +1108,6 @@ impl Connection {
             }
         }
         self.broker.stats.add_deliveries(&tally);
-        if too_large > 0 {
-            self.broker
-                .stats
-                .count_dropped(DropReason::TooLarge, too_large);
-        }
     }
 }
 

@@ -51,8 +51,8 @@ impl PublishWriter {
         }
     }
 
-    /// Appends `d` to `out` as a PUBLISH under `packet_id` (0 for QoS 0), counting it in
-    /// `tally`.
+    /// Appends `d` to `out` as a PUBLISH under `packet_id` (0 for QoS 0), counting it (or
+    /// its drop for size) in `tally`.
     pub(crate) fn write(
         &mut self,
         out: &mut BytesMut,
@@ -107,6 +107,7 @@ impl PublishWriter {
             let fits = publish_encoded_len(&publish, self.version)
                 .is_ok_and(|len| len <= self.max_packet_size);
             if !fits {
+                tally.too_large += 1;
                 return Err(Unwritten::TooLarge);
             }
         }

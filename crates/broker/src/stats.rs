@@ -108,6 +108,9 @@ impl Stats {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
+        if tally.too_large > 0 {
+            self.count_dropped(DropReason::TooLarge, tally.too_large);
+        }
         self.delivery_latency.add(&tally.latency);
     }
 
@@ -126,6 +129,8 @@ impl Stats {
 pub struct DeliveryTally {
     /// Messages sent, by QoS.
     pub sent: [u64; 3],
+    /// Messages not sent: larger than the client's Maximum Packet Size.
+    pub too_large: u64,
     pub latency: LatencyTally,
 }
 
