@@ -3,9 +3,9 @@
 //!
 //! Tokio learns that a socket has no more data only from a read that fails with
 //! `WouldBlock`, so a connection that reads whatever is there and then waits again costs
-//! two `recv` calls per wake-up: one with data, one that finds nothing. Under load (a
-//! subscriber acknowledging every QoS 1 message) that second call was a third of the
-//! broker's syscalls. A TCP `recv` that returns fewer bytes than asked for has emptied the
+//! two `recv` calls per wake-up: one with data, one that finds nothing (in one second of
+//! `strace` on a QoS 1 fan-out, 2,248 of the broker's 23,894 `recv` calls; 3 with this
+//! stream). A TCP `recv` that returns fewer bytes than asked for has emptied the
 //! receive queue at that instant, so this stream treats such a read as the end of the
 //! socket's readiness. Data that arrives afterwards raises a new readiness event, which
 //! tokio keeps (it clears readiness only if no event came in since the read began), so
