@@ -44,6 +44,8 @@ const SMALL_READ: usize = 64;
 const SMALL_WRITE: usize = 512;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// At most this many PUBLISHes wait in a connection's run (see `Connection::publish_run`).
+const MAX_PUBLISH_RUN: usize = 64;
 
 /// Why the connection loop ended.
 enum Exit {
@@ -451,6 +453,7 @@ async fn accept_connect(
         ),
         last_topic: None,
         match_cache: MatchCache::default(),
+        publish_run: Vec::new(),
         received: [0; 3],
         in_aliases: HashMap::new(),
         problem_info,
@@ -479,6 +482,10 @@ struct Connection {
     last_topic: Option<Arc<str>>,
     /// Who the last PUBLISH's topic reached (see [`MatchCache`]).
     match_cache: MatchCache,
+    /// Messages from the client's current read, on one topic and not retained, that wait
+    /// to be published together (see [`Broker::publish_run`]). Published before anything
+    /// else the client sent is acted on, and before any reply reaches the socket.
+    publish_run: Vec<Arc<Message>>,
     /// PUBLISHes received by QoS, not yet added to the broker's counters (see `pump`).
     received: [u64; 3],
     in_aliases: HashMap<u16, Arc<str>>,
@@ -529,20 +536,26 @@ impl Connection {
                     // A read that filled the buffer left more behind: a busy client, even
                     // if its packets are small (a subscriber's stream of PUBACKs).
                     let filled = n >= room;
-                    loop {
+                    let exit = loop {
                         match decode(&mut inbuf, Some(self.version), max_in) {
                             Ok(Some(packet)) => {
                                 if let Err(exit) = self.handle(packet) {
-                                    return exit;
+                                    break Some(exit);
                                 }
                             }
-                            Ok(None) => break,
+                            Ok(None) => break None,
                             Err(e) => {
                                 self.broker.stats.count_malformed(e.kind.label());
                                 debug!(client_id = %self.client_id, error = %e, "malformed packet");
-                                return Exit::Close(e.kind.reason_code(), e.detail);
+                                break Some(Exit::Close(e.kind.reason_code(), e.detail));
                             }
                         }
+                    };
+                    // What was accepted before a bad packet is still published (and its
+                    // acknowledgement still sent).
+                    self.flush_publish_run();
+                    if let Some(exit) = exit {
+                        return exit;
                     }
                     if inbuf.is_empty() && since_empty <= SMALL_READ && !filled {
                         // A quiet client (pings, acknowledgements): give the buffer back;
@@ -603,6 +616,7 @@ impl Connection {
         writer: &mut WriteHalf<S>,
         rx: &mut MailboxReceiver,
     ) {
+        self.flush_publish_run();
         self.add_received();
         let (reason, will) = match &exit {
             Exit::Disconnected { keep_will: true } => (None, self.will.take()),
@@ -662,6 +676,18 @@ impl Connection {
     // ---- incoming packets -------------------------------------------------------------
 
     fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        if !matches!(
+            packet,
+            Packet::Publish(_)
+                | Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PubComp(_)
+                | Packet::PingReq
+        ) {
+            // A SUBSCRIBE, UNSUBSCRIBE or DISCONNECT acts after the messages sent before it.
+            self.flush_publish_run();
+        }
         match packet {
             Packet::Publish(p) => self.handle_publish(p),
             Packet::PubAck(r) => {
@@ -812,14 +838,35 @@ impl Connection {
             p.properties,
             Instant::now(),
         );
-        self.broker
-            .publish_matching(Arc::new(message), &mut self.match_cache);
+        let message = Arc::new(message);
+        if message.retain {
+            self.flush_publish_run();
+            self.broker.publish_matching(message, &mut self.match_cache);
+        } else {
+            let same_topic = self
+                .publish_run
+                .first()
+                .is_none_or(|first| first.topic == message.topic);
+            if !same_topic || self.publish_run.len() >= MAX_PUBLISH_RUN {
+                self.flush_publish_run();
+            }
+            self.publish_run.push(message);
+        }
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.write_packet(&Packet::PubAck(PubResponse::new(packet_id))),
             QoS::ExactlyOnce => self.write_packet(&Packet::PubRec(PubResponse::new(packet_id))),
         }
         Ok(())
+    }
+
+    /// Publishes the messages waiting in `publish_run`.
+    fn flush_publish_run(&mut self) {
+        if !self.publish_run.is_empty() {
+            self.broker
+                .publish_run(&self.publish_run, &mut self.match_cache);
+            self.publish_run.clear();
+        }
     }
 
     /// The topic of a PUBLISH, resolving (and learning) v5 topic aliases.

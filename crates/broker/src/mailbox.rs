@@ -63,6 +63,26 @@ impl MailboxSender {
         }
         Ok(())
     }
+
+    /// Queues every command of `commands` in order, under one lock and with at most one
+    /// wake-up; gives them all back if the receiver is gone.
+    pub(crate) fn send_many<I>(&self, commands: I) -> Result<(), I>
+    where
+        I: Iterator<Item = ConnCommand>,
+    {
+        let mut queue = self.0.queue.lock();
+        if queue.closed {
+            return Err(commands);
+        }
+        let was_empty = queue.commands.is_empty();
+        queue.commands.extend(commands);
+        let now_empty = queue.commands.is_empty();
+        drop(queue);
+        if was_empty && !now_empty {
+            self.0.arrived.notify_one();
+        }
+        Ok(())
+    }
 }
 
 impl MailboxReceiver {
@@ -175,6 +195,75 @@ mod tests {
             .expect("woken")
             .expect("task");
         assert_eq!(n, 1);
+    }
+
+    fn delivery(payload: &'static str) -> ConnCommand {
+        let message = crate::Message::from_publish(
+            "t".into(),
+            bytes::Bytes::from_static(payload.as_bytes()),
+            tern_codec::QoS::AtLeastOnce,
+            false,
+            "c".into(),
+            Default::default(),
+            std::time::Instant::now(),
+        );
+        ConnCommand::Deliver(crate::session::Delivery {
+            message: Arc::new(message),
+            qos: tern_codec::QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+        })
+    }
+
+    fn payloads(commands: &VecDeque<ConnCommand>) -> Vec<&[u8]> {
+        commands
+            .iter()
+            .map(|c| match c {
+                ConnCommand::Deliver(d) => d.message.payload.as_ref(),
+                ConnCommand::TakeOver { .. } => b"takeover".as_slice(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn send_many_queues_a_run_in_order_behind_earlier_sends() {
+        let (tx, mut rx) = mailbox();
+        assert!(tx.send(delivery("a")).is_ok());
+        let run = ["b", "c", "d"].into_iter().map(delivery);
+        assert!(tx.send_many(run).is_ok());
+        let mut got = VecDeque::new();
+        rx.recv_all(&mut got).await;
+        assert_eq!(payloads(&got), [b"a", b"b", b"c", b"d"]);
+        // An empty run leaves nothing to take (and nothing to wake for).
+        assert!(tx.send_many(std::iter::empty()).is_ok());
+        got.clear();
+        assert_eq!(rx.take_all(&mut got), 0);
+    }
+
+    #[tokio::test]
+    async fn send_many_wakes_a_waiting_receiver_and_a_closed_mailbox_refuses_it() {
+        let (tx, mut rx) = mailbox();
+        let waiter = tokio::spawn(async move {
+            let mut got = VecDeque::new();
+            rx.recv_all(&mut got).await;
+            (got.len(), rx)
+        });
+        tokio::task::yield_now().await;
+        assert!(tx.send_many(["x", "y"].into_iter().map(delivery)).is_ok());
+        let (n, rx) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(n, 2);
+        drop(rx);
+        let (cmd, answer) = takeover();
+        let refused = tx.send_many(std::iter::once(cmd));
+        assert!(refused.is_err());
+        drop(refused);
+        assert!(
+            answer.await.is_err(),
+            "the refused takeover's reply is dropped"
+        );
     }
 
     #[tokio::test]
