@@ -746,9 +746,26 @@ impl Broker {
     /// per message: at fan-out those locks, taken on one core and the subscriber's task's
     /// on the other, were the largest cost of a delivery.
     pub(crate) fn publish_run(&self, run: &[Arc<Message>], cache: &mut MatchCache) {
+        debug_assert!(run.iter().all(|m| !m.retain));
+        self.deliver_run(run, !self.cluster.shares_across_nodes(), cache);
+        for message in run {
+            self.cluster.forward(message);
+        }
+    }
+
+    /// [`Broker::deliver_forwarded`] for a run of messages with one topic and one origin
+    /// client, in order, with the receiving side's own `cache`.
+    pub fn deliver_forwarded_run(&self, run: &[Arc<Message>], cache: &mut MatchCache) {
+        self.deliver_run(run, false, cache);
+    }
+
+    /// Delivers a run of messages that share their topic and origin client to this node's
+    /// subscribers, locking each subscriber's slot once for the run.
+    fn deliver_run(&self, run: &[Arc<Message>], include_shared: bool, cache: &mut MatchCache) {
         let Some(first) = run.first() else { return };
-        debug_assert!(run.iter().all(|m| !m.retain && m.topic == first.topic));
-        let include_shared = !self.cluster.shares_across_nodes();
+        debug_assert!(run
+            .iter()
+            .all(|m| m.topic == first.topic && m.origin_client == first.origin_client));
         self.refresh_match_cache(first, cache);
         for target in &cache.targets {
             self.deliver_run_to(&target.slot.0, run.iter().map(|m| target.delivery(m)));
@@ -770,9 +787,6 @@ impl Broker {
         }
         if cache.targets.len() > MatchCache::KEPT_TARGETS {
             *cache = MatchCache::default();
-        }
-        for message in run {
-            self.cluster.forward(message);
         }
     }
 
@@ -865,15 +879,18 @@ impl Broker {
     /// Makes `cache` hold the subscribers of the message's topic as the index has them now.
     fn refresh_match_cache(&self, message: &Message, cache: &mut MatchCache) {
         let generation = self.index_generation.load(Ordering::Acquire);
+        let same = |kept: &Option<Arc<str>>, now: &Arc<str>| {
+            kept.as_ref()
+                .is_some_and(|kept| Arc::ptr_eq(kept, now) || **kept == **now)
+        };
         let fresh = cache.generation == generation
-            && cache
-                .topic
-                .as_ref()
-                .is_some_and(|topic| **topic == *message.topic);
+            && same(&cache.topic, &message.topic)
+            && same(&cache.origin, &message.origin_client);
         if !fresh {
             cache.targets.clear();
             cache.generation = self.match_subscribers(message, &mut cache.targets);
             cache.topic = Some(message.topic.clone());
+            cache.origin = Some(message.origin_client.clone());
         }
     }
 
@@ -1053,14 +1070,16 @@ impl MatchedSubscriber {
     }
 }
 
-/// The subscribers of the topic one client's connection last published to, as the index
-/// had them at `generation`, with that client's No Local subscriptions left out (a cache
-/// belongs to one client, so the publisher never changes). A publisher mostly keeps to one topic, and walking the index (a
-/// hash lookup per level) was the largest single cost of a message in the pairs
+/// The subscribers of the last topic a client's connection published to (or the last a
+/// peer forwarded), as the index had them at `generation`, with the publisher's No Local
+/// subscriptions left out. A publisher mostly keeps to one topic, and walking the index
+/// (a hash lookup per level) was the largest single cost of a message in the pairs
 /// benchmark; while no subscription anywhere changes, the walk's result is reused.
 #[derive(Debug, Default)]
-pub(crate) struct MatchCache {
+pub struct MatchCache {
     topic: Option<Arc<str>>,
+    /// The publisher's client id: whose No Local subscriptions were left out.
+    origin: Option<Arc<str>>,
     generation: u64,
     targets: Vec<MatchedSubscriber>,
 }

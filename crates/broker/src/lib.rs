@@ -18,7 +18,7 @@ pub mod subscriptions;
 mod sys;
 pub mod topic;
 
-pub use broker::{Broker, BrokerError};
+pub use broker::{Broker, BrokerError, MatchCache};
 pub use cluster::{Cluster, SingleNode};
 pub use config::{AclAccess, AclDecision, AclRule, AuthConfig, BrokerConfig, UserEntry};
 pub use message::Message;

@@ -49,9 +49,37 @@ const INTERN_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub struct Interner {
     strings: HashSet<Arc<str>>,
     bytes: usize,
+    /// The last topic and the last client id read: a batch mostly holds runs of one
+    /// publisher's messages, and comparing with the last one skips the UTF-8 check and
+    /// the hash.
+    last: [Option<Arc<str>>; 2],
+}
+
+/// Which of [`Interner`]'s last strings a field compares with.
+#[derive(Clone, Copy)]
+enum LastString {
+    Topic = 0,
+    Client = 1,
 }
 
 impl Interner {
+    /// Reads a string field, shared with an equal string read before.
+    fn read(&mut self, r: &mut Reader<'_>, which: LastString) -> R<Arc<str>> {
+        let at = r.pos;
+        let raw = r.raw()?;
+        let last = &mut self.last[which as usize];
+        if let Some(kept) = last.as_ref().filter(|kept| kept.as_bytes() == raw) {
+            return Ok(kept.clone());
+        }
+        let s = std::str::from_utf8(raw).map_err(|_| DecodeError {
+            at,
+            what: "string not UTF-8",
+        })?;
+        let shared = self.get(s);
+        self.last[which as usize] = Some(shared.clone());
+        Ok(shared)
+    }
+
     fn get(&mut self, s: &str) -> Arc<str> {
         if let Some(kept) = self.strings.get(s) {
             return kept.clone();
@@ -421,11 +449,11 @@ fn message(
     let mut user_properties = None;
     for _ in 0..r.map_len()? {
         match r.key()? {
-            b"topic" => topic = Some(r.str()?),
+            b"topic" => topic = Some(strings.read(r, LastString::Topic)?),
             b"payload" => payload = Some(r.raw()?),
             b"qos" => qos = Some(r.u8()?),
             b"retain" => retain = Some(r.bool()?),
-            b"origin_client" => origin_client = Some(r.str()?),
+            b"origin_client" => origin_client = Some(strings.read(r, LastString::Client)?),
             b"expires_at_unix_ms" => {
                 expires_at_unix_ms = if r.nil()? { None } else { Some(r.uint()?) }
             }
@@ -461,11 +489,11 @@ fn message(
         return r.err("message field missing");
     };
     Ok(Arc::new(Message {
-        topic: strings.get(topic),
+        topic,
         payload: bytes_of(frame, payload),
         qos: QoS::from_u8(qos).unwrap_or(QoS::AtMostOnce),
         retain,
-        origin_client: strings.get(origin),
+        origin_client: origin,
         received_at: clock.now,
         expires_at: expires_at_unix_ms.map(|at| clock.to_instant(at)),
         payload_format_indicator,
@@ -603,6 +631,35 @@ mod tests {
         let (l0, l1) = (&first.messages[2].message, &second.messages[2].message);
         assert!(!Arc::ptr_eq(&l0.topic, &l1.topic));
         assert_eq!(&*l1.topic, long);
+    }
+
+    #[test]
+    fn a_string_equal_to_the_last_one_is_shared_but_still_checked_when_it_differs() {
+        let clock = clock();
+        let long = "y".repeat(INTERN_MAX_LEN + 1);
+        let b = batch_of(vec![
+            (wire(long.clone(), b"1".to_vec(), 0, false), false),
+            (wire(long.clone(), b"2".to_vec(), 0, false), false),
+            (wire("q/é".into(), b"3".to_vec(), 0, false), false),
+            (wire("q/é".into(), b"4".to_vec(), 0, false), false),
+        ]);
+        let bytes = b.encode().expect("encode");
+        let decoded = decode_batch(&Bytes::from(bytes.clone()), clock).expect("decode");
+        let m = |i: usize| &decoded.messages[i].message;
+        // Too long for the set, yet shared with the message right before it.
+        assert!(Arc::ptr_eq(&m(0).topic, &m(1).topic));
+        assert!(Arc::ptr_eq(&m(2).topic, &m(3).topic));
+        assert_eq!(&*m(1).topic, long);
+        // The last topic's bytes with one byte changed into invalid UTF-8: refused.
+        let needle = "q/é".as_bytes();
+        let last = bytes
+            .windows(needle.len())
+            .rposition(|w| w == needle)
+            .expect("topic in the encoding");
+        let mut bad = bytes;
+        bad[last + 2] = 0xff;
+        let err = decode_batch(&Bytes::from(bad), clock).expect_err("invalid UTF-8");
+        assert_eq!(err.what, "string not UTF-8");
     }
 
     #[test]

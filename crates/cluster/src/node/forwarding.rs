@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use tern_broker::Message;
+use tern_broker::{Broker, MatchCache, Message};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
@@ -159,6 +159,7 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
         let mut strings = Interner::default();
+        let mut delivery = RunDelivery::default();
         let mut acks = PendingAcks::default();
         while let Some(frame) = frames.recv().await {
             let Some(inner) = weak.upgrade() else { return };
@@ -166,7 +167,9 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
                 None => {}
                 Some((&TAG_BATCH, _)) => {
                     let body = frame.frame.slice(1..);
-                    if let Some(ack) = receive_batch(&inner, frame.from, body, &mut strings) {
+                    if let Some(ack) =
+                        receive_batch(&inner, frame.from, body, &mut strings, &mut delivery)
+                    {
                         acks.held.insert(frame.from, ack);
                         acks.batches += 1;
                     }
@@ -222,6 +225,7 @@ fn receive_batch(
     from: NodeId,
     body: Bytes,
     strings: &mut Interner,
+    delivery: &mut RunDelivery,
 ) -> Option<ForwardAck> {
     let batch = match ForwardBatch::decode_messages(&body, WireClock::now(), strings) {
         Ok(b) => b,
@@ -240,13 +244,44 @@ fn receive_batch(
             let message = forwarded.message;
             match forwarded.shared {
                 Some(target) => {
+                    delivery.flush(&broker);
                     broker.deliver_shared(&message, &target.group, &target.filter);
                 }
-                None => {
-                    broker.deliver_forwarded(&message);
-                }
+                None => delivery.push(&broker, message),
             }
         }
+        delivery.flush(&broker);
     }
     ack
+}
+
+/// Delivers a batch's messages in runs that share topic and origin client, as the
+/// publishing node's connections do (`Broker::deliver_forwarded_run`): a batch mostly holds
+/// a few publishers' messages back to back.
+#[derive(Default)]
+struct RunDelivery {
+    run: Vec<Arc<Message>>,
+    cache: MatchCache,
+}
+
+impl RunDelivery {
+    /// At most this many messages wait in a run.
+    const MAX_RUN: usize = 64;
+
+    fn push(&mut self, broker: &Broker, message: Arc<Message>) {
+        let joins = self.run.first().is_none_or(|first| {
+            first.topic == message.topic && first.origin_client == message.origin_client
+        });
+        if !joins || self.run.len() >= Self::MAX_RUN {
+            self.flush(broker);
+        }
+        self.run.push(message);
+    }
+
+    fn flush(&mut self, broker: &Broker) {
+        if !self.run.is_empty() {
+            broker.deliver_forwarded_run(&self.run, &mut self.cache);
+            self.run.clear();
+        }
+    }
 }
