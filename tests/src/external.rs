@@ -24,9 +24,20 @@ pub fn repo_root() -> PathBuf {
 
 /// A port that was free a moment ago on 127.0.0.1: bind port 0, read the port, drop the
 /// listener. Another process may take it in between, so callers retry once on a bind error.
+/// Never the same port twice in one test process: the kernel may hand a just-released
+/// port out again at once, and a test that picked two ports for two servers then saw
+/// one of them fail with "address in use".
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// The full path of a program on PATH, or a panic that says how to install it.
