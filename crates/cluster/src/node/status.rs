@@ -44,6 +44,9 @@ pub struct LinkView {
     pub node_id: NodeId,
     pub connected: bool,
     pub rtt_ms: Option<f64>,
+    /// Largest UDP payload the link sends (path MTU discovery; `transport.max_udp_payload`).
+    #[serde(default)]
+    pub udp_payload: Option<u16>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// Forwarded messages waiting for this peer, and of those, sent but not acknowledged.
@@ -96,6 +99,7 @@ pub(crate) fn collect(inner: &super::core::Inner) -> ClusterStatus {
                 node_id: l.node_id,
                 connected: l.connected,
                 rtt_ms: l.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                udp_payload: l.udp_payload,
                 bytes_sent: l.bytes_sent,
                 bytes_received: l.bytes_received,
                 backlog,

@@ -139,7 +139,14 @@ impl Transport {
             addr: listen.to_string(),
             reason: e.to_string(),
         };
-        let mut endpoint = quinn::Endpoint::server(server, listen).map_err(bind_err)?;
+        let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        let mut endpoint = quinn::Endpoint::new(
+            settings.to_quinn_endpoint()?,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
         endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 

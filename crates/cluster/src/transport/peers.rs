@@ -192,6 +192,7 @@ impl Peer {
             connected: link.is_some(),
             initiated_locally: link.map(|l| l.initiator == local),
             rtt: link.map(|l| l.conn.rtt()),
+            udp_payload: link.map(|l| l.conn.stats().path.current_mtu),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             frames_sent: c.frames_sent.load(Ordering::Relaxed),
@@ -217,6 +218,8 @@ pub struct LinkStatus {
     pub initiated_locally: Option<bool>,
     /// Smoothed round-trip time of the current link.
     pub rtt: Option<Duration>,
+    /// Largest UDP payload the current link sends, as path MTU discovery has found it.
+    pub udp_payload: Option<u16>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub frames_sent: u64,

@@ -454,6 +454,70 @@ async fn a_restarted_peer_is_redialled_and_traffic_resumes() {
     b.shutdown().await;
 }
 
+/// Several lanes of 60 KiB frames at once keep quinn's segmentation-offload batches full
+/// of datagrams of the largest size allowed: every byte must arrive, in order, and path
+/// MTU discovery must have raised the link above a 1,500-byte path's size (loopback
+/// carries it). With datagrams over 6,550 bytes a full batch exceeded what one send may
+/// carry, the kernel refused it, and this link stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_link_with_the_largest_datagrams_delivers_everything() {
+    let ca = generate_ca().expect("ca");
+    let big = TransportConfig {
+        max_udp_payload: config::MAX_UDP_PAYLOAD_LIMIT,
+        ..settings()
+    };
+    let bind = |id| {
+        Transport::bind(big.clone(), &identity(&ca, id), id, any_port(), info("t")).expect("bind")
+    };
+    let (a, b) = (bind(1), bind(2));
+    let mut b_rx = b.take_incoming().expect("b incoming");
+    a.connect(2, addr(&b)).await.expect("connect");
+    b.wait_connected(1, WAIT).await.expect("b sees the link");
+
+    const FRAMES: u32 = 200;
+    const LEN: usize = 60 * 1024;
+    let lanes = [4u8, 6, 8, 10];
+    let senders: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let tx = a.send_stream(2, lane);
+            tokio::spawn(async move {
+                for i in 0..FRAMES {
+                    let mut frame = vec![lane; LEN];
+                    frame[..4].copy_from_slice(&i.to_be_bytes());
+                    tx.send(Bytes::from(frame)).await.expect("send");
+                }
+            })
+        })
+        .collect();
+    let frames = recv_frames(&mut b_rx, lanes.len() * FRAMES as usize).await;
+    for s in senders {
+        s.await.expect("sender");
+    }
+    for lane in lanes {
+        let seq: Vec<u32> = frames
+            .iter()
+            .filter(|f| f.lane == lane)
+            .map(|f| {
+                assert_eq!(f.frame.len(), LEN);
+                assert!(
+                    f.frame[4..].iter().all(|&x| x == lane),
+                    "lane {lane} intact"
+                );
+                u32::from_be_bytes(f.frame[..4].try_into().expect("4 bytes"))
+            })
+            .collect();
+        assert_eq!(seq, (0..FRAMES).collect::<Vec<_>>(), "lane {lane} in order");
+    }
+    let payload = a.link(2).and_then(|l| l.udp_payload).expect("link up");
+    assert!(
+        payload > 1_500 && payload <= config::MAX_UDP_PAYLOAD_LIMIT,
+        "path MTU discovery reached {payload}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn link_state_shows_rtt_and_counters() {
     let ca = generate_ca().expect("ca");

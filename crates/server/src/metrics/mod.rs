@@ -824,6 +824,7 @@ mod tests {
                     node_id: 2,
                     connected: true,
                     rtt_ms: Some(12.5),
+                    udp_payload: Some(1452),
                     bytes_sent: 1000,
                     bytes_received: 2000,
                     backlog: 3,
