@@ -510,9 +510,7 @@ impl Broker {
     pub fn deliver_to_client(&self, client_id: &str, deliveries: Vec<Delivery>) {
         let slot = self.sessions.lock().get(client_id).cloned();
         if let Some(slot) = slot {
-            for delivery in deliveries {
-                self.deliver_to(&slot, delivery);
-            }
+            self.deliver_run_to(&slot, deliveries.into_iter());
         }
     }
 
@@ -984,26 +982,13 @@ impl Broker {
     }
 
     fn deliver_to(&self, slot: &SessionSlot, delivery: Delivery) {
-        let mut inner = slot.inner.lock();
-        match &mut inner.state {
-            SlotState::Online { tx, .. } => {
-                // The connection task moves the channel's contents into its session before
-                // it gives up the slot, so a send here is never lost.
-                let _ = tx.send(ConnCommand::Deliver(delivery));
-            }
-            SlotState::Offline { session, .. } => self.enqueue_counted(session, delivery),
-            SlotState::Moved { buffer, .. } => {
-                if buffer.len() < self.config.max_queued_messages {
-                    buffer.push(delivery);
-                } else {
-                    self.stats.count_dropped(DropReason::QueueFull, 1);
-                }
-            }
-            SlotState::Ended => {}
-        }
+        self.deliver_run_to(slot, std::iter::once(delivery));
     }
 
-    /// [`Broker::deliver_to`] for several deliveries to one session, under one lock.
+    /// Hands deliveries to one session, in order, under one lock of its slot: online, to
+    /// the connection's mailbox (the connection task moves the mailbox's contents into
+    /// its session before it gives up the slot, so nothing sent here is lost); offline,
+    /// into the session's queue.
     fn deliver_run_to(&self, slot: &SessionSlot, deliveries: impl Iterator<Item = Delivery>) {
         let mut inner = slot.inner.lock();
         match &mut inner.state {
