@@ -603,16 +603,14 @@ impl SubState {
                 off += len;
                 match qos {
                     0 => {}
-                    1 => conn.queue(&Packet::PubAck(PubResponse::new(pid)))?,
-                    _ => conn.queue(&Packet::PubRec(PubResponse::new(pid)))?,
+                    1 => conn.queue_ack(crate::conn::PUBACK, pid),
+                    _ => conn.queue_ack(crate::conn::PUBREC, pid),
                 }
             } else {
                 conn.consume(off);
                 off = 0;
                 match conn.decode_one()? {
-                    Some(Packet::PubRel(r)) => {
-                        conn.queue(&Packet::PubComp(PubResponse::new(r.packet_id)))?
-                    }
+                    Some(Packet::PubRel(r)) => conn.queue_ack(crate::conn::PUBCOMP, r.packet_id),
                     Some(Packet::PingResp) => {}
                     Some(Packet::Disconnect(d)) => {
                         return Err(conn.protocol(format!(

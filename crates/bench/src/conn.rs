@@ -13,6 +13,13 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::BenchError;
 
+/// First byte of a PUBACK.
+pub const PUBACK: u8 = 0x40;
+/// First byte of a PUBREC.
+pub const PUBREC: u8 = 0x50;
+/// First byte of a PUBCOMP.
+pub const PUBCOMP: u8 = 0x70;
+
 /// The largest packet the load generator accepts from a broker.
 pub const MAX_PACKET: usize = 16 << 20;
 
@@ -142,6 +149,15 @@ impl Conn {
         })
     }
 
+    /// Queues a successful PUBACK, PUBREC or PUBCOMP (`ack` is its first byte, e.g.
+    /// [`PUBACK`]) in its four-byte form, which MQTT 3.1.1 and 5.0 share. A subscriber
+    /// acknowledges every message; going through the general encoder for each cost the
+    /// load generator about 5 % of its CPU at fan-out.
+    pub fn queue_ack(&mut self, ack: u8, packet_id: u16) {
+        let [hi, lo] = packet_id.to_be_bytes();
+        self.wbuf.extend_from_slice(&[ack, 2, hi, lo]);
+    }
+
     /// Writes out the write buffer.
     pub async fn flush(&mut self) -> Result<(), BenchError> {
         if self.wbuf.is_empty() {
@@ -219,4 +235,28 @@ impl Conn {
 /// A human-readable v5 reason code.
 pub fn reason_str(r: ReasonCode) -> String {
     format!("{:#04x}", r.0)
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+    use tern_codec::{Packet, ProtocolVersion, PubResponse};
+
+    #[test]
+    fn short_acks_are_what_the_codec_encodes_in_both_versions() {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for id in [1u16, 0x1234, u16::MAX] {
+                for (first, packet) in [
+                    (PUBACK, Packet::PubAck(PubResponse::new(id))),
+                    (PUBREC, Packet::PubRec(PubResponse::new(id))),
+                    (PUBCOMP, Packet::PubComp(PubResponse::new(id))),
+                ] {
+                    let mut want = BytesMut::new();
+                    encode(&packet, version, &mut want).expect("encode");
+                    let [hi, lo] = id.to_be_bytes();
+                    assert_eq!(&want[..], &[first, 2, hi, lo], "{version:?} {packet:?}");
+                }
+            }
+        }
+    }
 }
