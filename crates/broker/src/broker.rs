@@ -729,30 +729,33 @@ impl Broker {
     /// retained store, delivers to local subscribers and hands it to the cluster. Returns
     /// how many local sessions it reached.
     pub fn publish(&self, message: Arc<Message>) -> usize {
-        self.publish_with(message, None)
+        self.keep_if_retained(&message);
+        let reached = self.deliver_local(&message);
+        self.cluster.forward(&message);
+        reached
     }
 
-    /// [`Broker::publish`] for a client's connection, which keeps a [`MatchCache`] of its
-    /// last topic.
-    pub(crate) fn publish_matching(&self, message: Arc<Message>, cache: &mut MatchCache) -> usize {
-        self.publish_with(message, Some(cache))
-    }
-
-    /// Publishes a run of messages one client sent back to back on one topic, none of them
-    /// retained, as [`Broker::publish_matching`] would one by one, in order. Each
-    /// subscriber's slot and mailbox are locked once for the whole run rather than once
-    /// per message: at fan-out those locks, taken on one core and the subscriber's task's
-    /// on the other, were the largest cost of a delivery.
+    /// [`Broker::publish`] for a run of messages one client sent back to back on one
+    /// topic, in order, with the connection's [`MatchCache`]. Each subscriber's slot and
+    /// mailbox are locked once for the whole run rather than once per message: at fan-out
+    /// those locks, taken on one core and the subscriber's task's on the other, were the
+    /// largest cost of a delivery. A retained message must come in a run of its own, so
+    /// that the retained store and the deliveries change in step.
     pub(crate) fn publish_run(&self, run: &[Arc<Message>], cache: &mut MatchCache) {
-        debug_assert!(run.iter().all(|m| !m.retain));
+        debug_assert!(run.len() == 1 || run.iter().all(|m| !m.retain));
+        for message in run {
+            self.keep_if_retained(message);
+        }
         self.deliver_run(run, !self.cluster.shares_across_nodes(), cache);
         for message in run {
             self.cluster.forward(message);
         }
     }
 
-    /// [`Broker::deliver_forwarded`] for a run of messages with one topic and one origin
-    /// client, in order, with the receiving side's own `cache`.
+    /// Delivers messages forwarded from another node, a run with one topic and one origin
+    /// client, in order, with the receiving side's own `cache`: to plain subscriptions
+    /// only, since the origin node chose the shared-group members (see
+    /// [`Broker::deliver_shared`]).
     pub fn deliver_forwarded_run(&self, run: &[Arc<Message>], cache: &mut MatchCache) {
         self.deliver_run(run, false, cache);
     }
@@ -768,39 +771,30 @@ impl Broker {
         for target in &cache.targets {
             self.deliver_run_to(&target.slot.0, run.iter().map(|m| target.delivery(m)));
         }
-        let mut unreached = 0;
-        for message in run {
-            let shared = if include_shared {
-                self.deliver_to_shared_groups(message)
-            } else {
-                0
-            };
-            if cache.targets.is_empty() && shared == 0 {
-                unreached += 1;
-            }
-        }
-        if unreached > 0 {
+        let shared_missed = if include_shared {
+            run.iter()
+                .filter(|m| self.deliver_to_shared_groups(m) == 0)
+                .count()
+        } else {
+            run.len()
+        };
+        if cache.targets.is_empty() && shared_missed > 0 {
             self.stats
-                .count_dropped(DropReason::NoSubscriber, unreached);
+                .count_dropped(DropReason::NoSubscriber, shared_missed as u64);
         }
         if cache.targets.len() > MatchCache::KEPT_TARGETS {
             *cache = MatchCache::default();
         }
     }
 
-    fn publish_with(&self, message: Arc<Message>, cache: Option<&mut MatchCache>) -> usize {
+    /// Stores or clears the message in the retained store if it is retained, and tells
+    /// the cluster.
+    fn keep_if_retained(&self, message: &Arc<Message>) {
         if message.retain {
-            self.store_retained(&message);
-            let kept = (!message.payload.is_empty()).then_some(&message);
+            self.store_retained(message);
+            let kept = (!message.payload.is_empty()).then_some(message);
             self.cluster.retained_changed(&message.topic, kept);
         }
-        let include_shared = !self.cluster.shares_across_nodes();
-        let reached = match cache {
-            Some(cache) => self.deliver_cached(&message, include_shared, cache),
-            None => self.deliver(&message, include_shared),
-        };
-        self.cluster.forward(&message);
-        reached
     }
 
     /// Sets or clears a retained message (an empty payload clears).
@@ -818,12 +812,6 @@ impl Broker {
     /// Returns how many sessions it reached.
     pub fn deliver_local(&self, message: &Arc<Message>) -> usize {
         self.deliver(message, !self.cluster.shares_across_nodes())
-    }
-
-    /// Delivers a message forwarded from another node: to plain subscriptions only, since
-    /// the origin node chose the shared-group member (see [`Broker::deliver_shared`]).
-    pub fn deliver_forwarded(&self, message: &Arc<Message>) -> usize {
-        self.deliver(message, false)
     }
 
     /// Delivers to one local member of `$share/{group}/{filter}`; false if this node has
@@ -857,33 +845,13 @@ impl Broker {
         reached
     }
 
-    /// Delivers to the subscribers `cache` holds for the message's topic, finding them
-    /// again if the topic or the index changed since.
-    fn deliver_cached(
-        &self,
-        message: &Arc<Message>,
-        include_shared: bool,
-        cache: &mut MatchCache,
-    ) -> usize {
-        self.refresh_match_cache(message, cache);
-        let reached = self.deliver_matched(message, &cache.targets, include_shared);
-        if cache.targets.len() > MatchCache::KEPT_TARGETS {
-            // Not worth the memory: a topic this popular costs its walk every time.
-            *cache = MatchCache::default();
-        }
-        reached
-    }
-
     /// Makes `cache` hold the subscribers of the message's topic as the index has them now.
     fn refresh_match_cache(&self, message: &Message, cache: &mut MatchCache) {
         let generation = self.index_generation.load(Ordering::Acquire);
-        let same = |kept: &Option<Arc<str>>, now: &Arc<str>| {
-            kept.as_ref()
-                .is_some_and(|kept| Arc::ptr_eq(kept, now) || **kept == **now)
-        };
+        // `Arc<str>`'s equality compares the pointers first.
         let fresh = cache.generation == generation
-            && same(&cache.topic, &message.topic)
-            && same(&cache.origin, &message.origin_client);
+            && cache.topic.as_ref() == Some(&message.topic)
+            && cache.origin.as_ref() == Some(&message.origin_client);
         if !fresh {
             cache.targets.clear();
             cache.generation = self.match_subscribers(message, &mut cache.targets);

@@ -838,19 +838,20 @@ impl Connection {
             p.properties,
             Instant::now(),
         );
-        let message = Arc::new(message);
-        if message.retain {
-            self.flush_publish_run();
-            self.broker.publish_matching(message, &mut self.match_cache);
-        } else {
-            let same_topic = self
+        // A retained message goes in a run of its own (see `Broker::publish_run`).
+        let retain = message.retain;
+        let joins = !retain
+            && self.publish_run.len() < MAX_PUBLISH_RUN
+            && self
                 .publish_run
                 .first()
                 .is_none_or(|first| first.topic == message.topic);
-            if !same_topic || self.publish_run.len() >= MAX_PUBLISH_RUN {
-                self.flush_publish_run();
-            }
-            self.publish_run.push(message);
+        if !joins {
+            self.flush_publish_run();
+        }
+        self.publish_run.push(Arc::new(message));
+        if retain {
+            self.flush_publish_run();
         }
         match qos {
             QoS::AtMostOnce => {}

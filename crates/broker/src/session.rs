@@ -310,7 +310,7 @@ impl Session {
         }
     }
 
-    /// Forgets a packet identifier handed out by `next_to_send` whose PUBLISH could not be
+    /// Forgets a packet identifier handed out by `take_next` whose PUBLISH could not be
     /// sent at all (e.g. larger than the client's Maximum Packet Size).
     pub fn abandon(&mut self, packet_id: u16) {
         if let Some(i) = self.position(packet_id) {
