@@ -170,8 +170,7 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
                     if let Some(ack) =
                         receive_batch(&inner, frame.from, body, &mut strings, &mut delivery)
                     {
-                        acks.held.insert(frame.from, ack);
-                        acks.batches += 1;
+                        acks.hold(frame.from, ack);
                     }
                 }
                 Some((&TAG_ACK, body)) => match ForwardAck::decode(body) {
@@ -204,6 +203,12 @@ struct PendingAcks {
 }
 
 impl PendingAcks {
+    /// Keeps `ack` as the latest from `from`'s batches (acks are cumulative).
+    fn hold(&mut self, from: NodeId, ack: ForwardAck) {
+        self.held.insert(from, ack);
+        self.batches += 1;
+    }
+
     async fn send_all(&mut self, inner: &Arc<Inner>) {
         self.batches = 0;
         for (from, ack) in self.held.drain() {

@@ -307,30 +307,15 @@ impl ClusterState {
         }
     }
 
-    /// Calls `f` once for every node other than `exclude` with a route matching `topic`
-    /// (a valid topic name; the `$` rule applies). Shared groups are not included: see
-    /// [`Self::shared_groups_for_topic`].
-    pub fn nodes_for_topic(&self, topic: &str, exclude: NodeId, mut f: impl FnMut(NodeId)) {
-        // Few nodes match a topic; a small vector beats a set.
-        let mut nodes: Vec<NodeId> = Vec::new();
-        self.route_index.for_each_match(topic, |_, &node, _| {
-            if node != exclude {
-                nodes.push(node);
-            }
-        });
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes.into_iter().for_each(&mut f);
-    }
-
-    /// The nodes whose routes match `topic` and whether a shared group does, as
-    /// [`Self::nodes_for_topic`] and [`Self::shared_groups_for_topic`] would find them,
+    /// The nodes whose routes match `topic` (a valid topic name; the `$` rule applies)
+    /// and whether a shared group does (then ask [`Self::shared_groups_for_topic`]),
     /// remembered per topic until the next route change: the publish path asks this for
     /// every message, and most messages go to a topic seen before.
     pub fn topic_route(&self, topic: &str) -> TopicRoute {
         if let Some(route) = self.topic_routes.lock().get(topic) {
             return route.clone();
         }
+        // Few nodes match a topic; a small vector beats a set.
         let mut nodes: Vec<NodeId> = Vec::new();
         self.route_index
             .for_each_match(topic, |_, &node, _| nodes.push(node));

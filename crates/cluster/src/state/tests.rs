@@ -52,9 +52,13 @@ fn retain(topic: &str, payload: Option<&str>) -> Command {
 }
 
 fn nodes(state: &ClusterState, topic: &str, exclude: NodeId) -> Vec<NodeId> {
-    let mut out = Vec::new();
-    state.nodes_for_topic(topic, exclude, |n| out.push(n));
-    out
+    let route = state.topic_route(topic);
+    route
+        .nodes
+        .iter()
+        .copied()
+        .filter(|&n| n != exclude)
+        .collect()
 }
 
 fn groups(state: &ClusterState, topic: &str) -> BTreeMap<(String, String), Vec<(NodeId, u32)>> {

@@ -131,8 +131,8 @@ async fn single_node_commits_applies_and_restarts() {
             let state = handle.read();
             assert_eq!(state.route_count(), 13);
             assert_eq!(state.claim("c"), Some(Claim { node: 2, epoch: 1 }));
-            let mut others = Vec::new();
-            state.nodes_for_topic("sensors/1/x", 1, |n| others.push(n));
+            let route = state.topic_route("sensors/1/x");
+            let others: Vec<_> = route.nodes.iter().copied().filter(|&n| n != 1).collect();
             assert_eq!(others, vec![2]);
         }
         // A snapshot, then more entries after it: restart needs both.
