@@ -756,7 +756,7 @@ impl Broker {
     /// client, in order, with the receiving side's own `cache`: to plain subscriptions
     /// only, since the origin node chose the shared-group members (see
     /// [`Broker::deliver_shared`]).
-    pub fn deliver_forwarded_run(&self, run: &[Arc<Message>], cache: &mut MatchCache) {
+    pub(crate) fn deliver_forwarded_run(&self, run: &[Arc<Message>], cache: &mut MatchCache) {
         self.deliver_run(run, false, cache);
     }
 
@@ -1029,7 +1029,7 @@ impl MatchedSubscriber {
 /// (a hash lookup per level) was the largest single cost of a message in the pairs
 /// benchmark; while no subscription anywhere changes, the walk's result is reused.
 #[derive(Debug, Default)]
-pub struct MatchCache {
+pub(crate) struct MatchCache {
     topic: Option<Arc<str>>,
     /// The publisher's client id: whose No Local subscriptions were left out.
     origin: Option<Arc<str>>,

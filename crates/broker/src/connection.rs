@@ -24,10 +24,11 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info};
 
 use crate::auth::AuthOutcome;
-use crate::broker::{Broker, MatchCache};
+use crate::broker::Broker;
 use crate::mailbox::{mailbox, MailboxReceiver};
 use crate::publish_writer::{PublishWriter, Unwritten};
 use crate::registry::{ConnCommand, SessionSlot};
+use crate::run::MessageRun;
 use crate::session::{Resend, Session, Subscription};
 use crate::stats::{DeliveryTally, DropReason};
 use crate::{topic, Message};
@@ -44,8 +45,6 @@ const SMALL_READ: usize = 64;
 const SMALL_WRITE: usize = 512;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
-/// At most this many PUBLISHes wait in a connection's run (see `Connection::publish_run`).
-const MAX_PUBLISH_RUN: usize = 64;
 
 /// Why the connection loop ended.
 enum Exit {
@@ -452,8 +451,7 @@ async fn accept_connect(
             },
         ),
         last_topic: None,
-        match_cache: MatchCache::default(),
-        publish_run: Vec::new(),
+        run: MessageRun::default(),
         received: [0; 3],
         in_aliases: HashMap::new(),
         problem_info,
@@ -480,12 +478,10 @@ struct Connection {
     publish_writer: PublishWriter,
     /// The topic of the last PUBLISH from the client that passed the checks.
     last_topic: Option<Arc<str>>,
-    /// Who the last PUBLISH's topic reached (see [`MatchCache`]).
-    match_cache: MatchCache,
-    /// Messages from the client's current read, on one topic and not retained, that wait
-    /// to be published together (see [`Broker::publish_run`]). Published before anything
-    /// else the client sent is acted on, and before any reply reaches the socket.
-    publish_run: Vec<Arc<Message>>,
+    /// Messages from the client's current read that wait to be published together.
+    /// Published before anything else the client sent is acted on, and before any reply
+    /// reaches the socket.
+    run: MessageRun,
     /// PUBLISHes received by QoS, not yet added to the broker's counters (see `pump`).
     received: [u64; 3],
     in_aliases: HashMap<u16, Arc<str>>,
@@ -553,7 +549,7 @@ impl Connection {
                     };
                     // What was accepted before a bad packet is still published (and its
                     // acknowledgement still sent).
-                    self.flush_publish_run();
+                    self.run.publish_waiting(&self.broker);
                     if let Some(exit) = exit {
                         return exit;
                     }
@@ -616,7 +612,7 @@ impl Connection {
         writer: &mut WriteHalf<S>,
         rx: &mut MailboxReceiver,
     ) {
-        self.flush_publish_run();
+        self.run.publish_waiting(&self.broker);
         self.add_received();
         let (reason, will) = match &exit {
             Exit::Disconnected { keep_will: true } => (None, self.will.take()),
@@ -686,7 +682,7 @@ impl Connection {
                 | Packet::PingReq
         ) {
             // A SUBSCRIBE, UNSUBSCRIBE or DISCONNECT acts after the messages sent before it.
-            self.flush_publish_run();
+            self.run.publish_waiting(&self.broker);
         }
         match packet {
             Packet::Publish(p) => self.handle_publish(p),
@@ -838,36 +834,13 @@ impl Connection {
             p.properties,
             Instant::now(),
         );
-        // A retained message goes in a run of its own (see `Broker::publish_run`).
-        let retain = message.retain;
-        let joins = !retain
-            && self.publish_run.len() < MAX_PUBLISH_RUN
-            && self
-                .publish_run
-                .first()
-                .is_none_or(|first| first.topic == message.topic);
-        if !joins {
-            self.flush_publish_run();
-        }
-        self.publish_run.push(Arc::new(message));
-        if retain {
-            self.flush_publish_run();
-        }
+        self.run.publish(&self.broker, Arc::new(message));
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.write_packet(&Packet::PubAck(PubResponse::new(packet_id))),
             QoS::ExactlyOnce => self.write_packet(&Packet::PubRec(PubResponse::new(packet_id))),
         }
         Ok(())
-    }
-
-    /// Publishes the messages waiting in `publish_run`.
-    fn flush_publish_run(&mut self) {
-        if !self.publish_run.is_empty() {
-            self.broker
-                .publish_run(&self.publish_run, &mut self.match_cache);
-            self.publish_run.clear();
-        }
     }
 
     /// The topic of a PUBLISH, resolving (and learning) v5 topic aliases.

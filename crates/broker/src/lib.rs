@@ -12,15 +12,17 @@ pub mod message;
 mod publish_writer;
 mod registry;
 pub mod retained;
+mod run;
 pub mod session;
 pub mod stats;
 pub mod subscriptions;
 mod sys;
 pub mod topic;
 
-pub use broker::{Broker, BrokerError, MatchCache};
+pub use broker::{Broker, BrokerError};
 pub use cluster::{Cluster, SingleNode};
 pub use config::{AclAccess, AclDecision, AclRule, AuthConfig, BrokerConfig, UserEntry};
 pub use message::Message;
+pub use run::MessageRun;
 pub use stats::{DropReason, Stats};
 pub use sys::snapshot as sys_snapshot;

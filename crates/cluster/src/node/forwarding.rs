@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use tern_broker::{Broker, MatchCache, Message};
+use tern_broker::{Message, MessageRun};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
@@ -159,7 +159,8 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
         let mut strings = Interner::default();
-        let mut delivery = RunDelivery::default();
+        // Kept across batches: who each run's topic reached last.
+        let mut delivery = MessageRun::default();
         let mut acks = PendingAcks::default();
         while let Some(frame) = frames.recv().await {
             let Some(inner) = weak.upgrade() else { return };
@@ -230,7 +231,7 @@ fn receive_batch(
     from: NodeId,
     body: Bytes,
     strings: &mut Interner,
-    delivery: &mut RunDelivery,
+    delivery: &mut MessageRun,
 ) -> Option<ForwardAck> {
     let batch = match ForwardBatch::decode_messages(&body, WireClock::now(), strings) {
         Ok(b) => b,
@@ -249,44 +250,13 @@ fn receive_batch(
             let message = forwarded.message;
             match forwarded.shared {
                 Some(target) => {
-                    delivery.flush(&broker);
+                    delivery.deliver_waiting(&broker);
                     broker.deliver_shared(&message, &target.group, &target.filter);
                 }
-                None => delivery.push(&broker, message),
+                None => delivery.deliver_forwarded(&broker, message),
             }
         }
-        delivery.flush(&broker);
+        delivery.deliver_waiting(&broker);
     }
     ack
-}
-
-/// Delivers a batch's messages in runs that share topic and origin client, as the
-/// publishing node's connections do (`Broker::deliver_forwarded_run`): a batch mostly holds
-/// a few publishers' messages back to back.
-#[derive(Default)]
-struct RunDelivery {
-    run: Vec<Arc<Message>>,
-    cache: MatchCache,
-}
-
-impl RunDelivery {
-    /// At most this many messages wait in a run.
-    const MAX_RUN: usize = 64;
-
-    fn push(&mut self, broker: &Broker, message: Arc<Message>) {
-        let joins = self.run.first().is_none_or(|first| {
-            first.topic == message.topic && first.origin_client == message.origin_client
-        });
-        if !joins || self.run.len() >= Self::MAX_RUN {
-            self.flush(broker);
-        }
-        self.run.push(message);
-    }
-
-    fn flush(&mut self, broker: &Broker) {
-        if !self.run.is_empty() {
-            broker.deliver_forwarded_run(&self.run, &mut self.cache);
-            self.run.clear();
-        }
-    }
 }
