@@ -11,6 +11,7 @@ use quinn::{IdleTimeout, VarInt};
 use serde::{Deserialize, Serialize};
 
 use super::envelope::DEFAULT_MAX_FRAME_LEN;
+use super::udp_socket;
 use super::TransportError;
 
 /// Congestion controller of every link. quinn marks BBR experimental.
@@ -32,6 +33,12 @@ pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 6_400;
 /// which quinn takes for a lost MTU probe: with larger datagrams a busy link lost every
 /// full batch, silently, and stalled.
 pub const MAX_UDP_PAYLOAD_LIMIT: u16 = 6_500;
+/// Default of `udp_receive_buffer` and `udp_send_buffer`: 4 MiB, the common
+/// `net.core.rmem_max`; at 6,400-byte datagrams that is room for about 60 offloaded
+/// bursts of ten.
+pub const DEFAULT_UDP_BUFFER: usize = 4 * 1024 * 1024;
+/// Largest socket buffer accepted (the kernel takes an `int` and doubles it).
+const MAX_UDP_BUFFER: usize = 1 << 30;
 /// quinn's (and QUIC's) smallest datagram.
 const MIN_UDP_PAYLOAD: u16 = 1_200;
 
@@ -57,6 +64,12 @@ pub struct TransportConfig {
     /// frames, some cloud networks); on a 1,500-byte path probes above it are lost and the
     /// link stays at what the path carries. At most [`MAX_UDP_PAYLOAD_LIMIT`].
     pub max_udp_payload: u16,
+    /// Kernel receive buffer of the cluster's UDP socket, bytes (0: the system's default,
+    /// about 208 KiB on Linux, which busy links overflow). Capped by `net.core.rmem_max`.
+    pub udp_receive_buffer: usize,
+    /// Kernel send buffer of the cluster's UDP socket, bytes (0: the system's default).
+    /// Capped by `net.core.wmem_max`.
+    pub udp_send_buffer: usize,
     /// Largest frame accepted or sent (length prefix excluded).
     pub max_frame_len: u32,
     /// Concurrent RPC streams a peer may open (Raft pipelines a few per peer).
@@ -82,6 +95,8 @@ impl Default for TransportConfig {
             send_window: 32 * 1024 * 1024,
             congestion: Congestion::Cubic,
             max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
+            udp_receive_buffer: DEFAULT_UDP_BUFFER,
+            udp_send_buffer: DEFAULT_UDP_BUFFER,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_concurrent_bidi_streams: 256,
             max_concurrent_uni_streams: 64,
@@ -107,6 +122,13 @@ impl TransportConfig {
                 .max(self.redial_initial_backoff_ms)
                 .max(1),
         )
+    }
+
+    pub(crate) fn udp_buffer_sizes(&self) -> udp_socket::BufferSizes {
+        udp_socket::BufferSizes {
+            receive: self.udp_receive_buffer,
+            send: self.udp_send_buffer,
+        }
     }
 
     /// quinn's endpoint config: datagrams up to `max_udp_payload` are accepted (and peers
@@ -136,6 +158,14 @@ impl TransportConfig {
                 "max_udp_payload",
                 "must be from 1200 to 6500 (10 datagrams of it must fit one 64 KiB send)",
             ));
+        }
+        for (key, size) in [
+            ("udp_receive_buffer", self.udp_receive_buffer),
+            ("udp_send_buffer", self.udp_send_buffer),
+        ] {
+            if size > MAX_UDP_BUFFER {
+                return Err(bad(key, "must be at most 1073741824 (1 GiB)"));
+            }
         }
         if self.max_frame_len == 0 {
             return Err(bad("max_frame_len", "must be above 0"));
@@ -211,6 +241,22 @@ mod tests {
             };
             let err = c.to_quinn().expect_err("out of range");
             assert!(err.to_string().contains("max_udp_payload"), "{err}");
+        }
+    }
+
+    #[test]
+    fn udp_buffers_above_one_gib_are_refused() {
+        for key in ["udp_receive_buffer", "udp_send_buffer"] {
+            let mut c = TransportConfig::default();
+            match key {
+                "udp_receive_buffer" => c.udp_receive_buffer = MAX_UDP_BUFFER + 1,
+                _ => c.udp_send_buffer = MAX_UDP_BUFFER + 1,
+            }
+            let err = c.to_quinn().expect_err("too large");
+            assert!(err.to_string().contains(key), "{err}");
+            c.udp_receive_buffer = 0;
+            c.udp_send_buffer = MAX_UDP_BUFFER;
+            c.to_quinn().expect("0 and 1 GiB are accepted");
         }
     }
 }

@@ -23,6 +23,7 @@ use super::peers::{Link, LinkStatus, Peer, Peers};
 use super::rpc::{self, Handlers};
 use super::streamio::{read_frame, write_frame};
 use super::tls::{self, TlsIdentity, CLUSTER_SERVER_NAME};
+use super::udp_socket;
 use super::{
     TransportError, CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_REMOVED, CLOSE_SHUTDOWN, RPC_PRIORITY,
 };
@@ -139,7 +140,8 @@ impl Transport {
             addr: listen.to_string(),
             reason: e.to_string(),
         };
-        let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        let (socket, _) =
+            udp_socket::bind(listen, settings.udp_buffer_sizes()).map_err(bind_err)?;
         let mut endpoint = quinn::Endpoint::new(
             settings.to_quinn_endpoint()?,
             Some(server),

@@ -26,6 +26,7 @@ mod peers;
 mod rpc;
 mod streamio;
 pub mod tls;
+mod udp_socket;
 
 #[cfg(test)]
 mod tests;
