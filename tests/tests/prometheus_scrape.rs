@@ -481,7 +481,8 @@ async fn prometheus_scrapes_a_three_node_cluster() {
         eprintln!("delivery p{quantile} on node 2: {v:?} s");
     }
     // The subscription and the two clients' claims were proposed, batched; links carry
-    // frames; with a snapshot every few entries, snapshots were built.
+    // frames; with a snapshot every few entries, snapshots were built; the nodes report
+    // their sockets' drops.
     for (promql, min) in [
         ("sum(tern_raft_proposals_total)", 1.0),
         ("sum(tern_raft_proposal_batch_commands_count)", 1.0),
@@ -491,6 +492,8 @@ async fn prometheus_scrapes_a_three_node_cluster() {
             1.0,
         ),
         ("sum(tern_raft_snapshots_total{source=\"built\"})", 1.0),
+        // Every node reads its cluster socket's drop count from the kernel.
+        ("count(tern_cluster_udp_receive_drops_total)", 3.0),
     ] {
         let value = poll(Duration::from_secs(30), || async {
             let v = one_value(prometheus, promql).await?;

@@ -108,6 +108,9 @@ pub struct ClusterStats {
     /// Members this node removed as leader after `cluster.remove_dead_after_secs`
     /// without a link.
     pub dead_members_removed: u64,
+    /// Datagrams the kernel dropped on the cluster's UDP socket (a full receive buffer,
+    /// mostly); `None` where the kernel does not say.
+    pub udp_receive_drops: Option<u64>,
     pub peers: Vec<PeerStats>,
 }
 
@@ -135,6 +138,7 @@ pub(crate) fn collect(inner: &super::core::Inner) -> ClusterStats {
         snapshots_built: snapshots.built.load(Relaxed),
         snapshots_installed: snapshots.installed.load(Relaxed),
         dead_members_removed: inner.stats.dead_members_removed.load(Relaxed),
+        udp_receive_drops: inner.transport.udp_receive_drops(),
         peers,
     }
 }

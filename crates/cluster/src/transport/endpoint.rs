@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub local: NodeId,
     pub settings: TransportConfig,
     pub endpoint: quinn::Endpoint,
+    /// The kernel's count of datagrams dropped on the endpoint's socket.
+    udp_drops: udp_socket::DropCounter,
     pub hello: Hello,
     pub peers: Peers,
     pub handlers: Handlers,
@@ -142,6 +144,7 @@ impl Transport {
         };
         let (socket, _) =
             udp_socket::bind(listen, settings.udp_buffer_sizes()).map_err(bind_err)?;
+        let udp_drops = udp_socket::DropCounter::of(&socket);
         let mut endpoint = quinn::Endpoint::new(
             settings.to_quinn_endpoint()?,
             Some(server),
@@ -172,6 +175,7 @@ impl Transport {
             local,
             settings,
             endpoint,
+            udp_drops,
             hello,
             peers: Peers::default(),
             handlers: Handlers::default(),
@@ -299,6 +303,12 @@ impl Transport {
             .iter()
             .map(|p| p.status(local))
             .collect()
+    }
+
+    /// Datagrams the kernel dropped on this node's cluster socket since it opened, mostly
+    /// for a full receive buffer (`None` where the kernel does not say).
+    pub fn udp_receive_drops(&self) -> Option<u64> {
+        self.inner.udp_drops.read()
     }
 
     /// The link state of one peer.

@@ -245,6 +245,11 @@ const DEAD_MEMBERS_REMOVED: Def = def(
     COUNTER,
     "Members this node, as leader, removed from the cluster after cluster.remove_dead_after_secs without a link.",
 );
+const CLUSTER_UDP_RECEIVE_DROPS: Def = def(
+    "tern_cluster_udp_receive_drops_total",
+    COUNTER,
+    "Datagrams the kernel dropped on this node's cluster UDP socket, mostly for a full receive buffer (cluster.transport.udp_receive_buffer, capped by net.core.rmem_max). Linux only.",
+);
 const RAFT_PROPOSAL_BATCH: Def = def(
     "tern_raft_proposal_batch_commands",
     HISTOGRAM,
@@ -301,6 +306,7 @@ pub const ALL: &[&Def] = &[
     &RAFT_PROPOSALS,
     &RAFT_PROPOSAL_FAILURES,
     &DEAD_MEMBERS_REMOVED,
+    &CLUSTER_UDP_RECEIVE_DROPS,
     &RAFT_PROPOSAL_BATCH,
     &RAFT_SNAPSHOTS,
 ];
@@ -748,6 +754,9 @@ fn cluster_families(f: &mut Families, status: &ClusterStatus, stats: &ClusterSta
         &[],
         stats.dead_members_removed as f64,
     );
+    if let Some(drops) = stats.udp_receive_drops {
+        f.value(&CLUSTER_UDP_RECEIVE_DROPS, &[], drops as f64);
+    }
     let batch = &stats.proposal_batch_size;
     f.histogram(
         &RAFT_PROPOSAL_BATCH,
@@ -856,6 +865,7 @@ mod tests {
             snapshots_built: 2,
             snapshots_installed: 1,
             dead_members_removed: 0,
+            udp_receive_drops: Some(5),
             peers: vec![tern_cluster::node::PeerStats {
                 node_id: 2,
                 frames_sent: 70,
@@ -1000,6 +1010,10 @@ mod tests {
                 "tern_link_sent_frames_total{peer=\"2\",region=\"us\"}"
             ),
             Some(70.0)
+        );
+        assert_eq!(
+            sample(&text, "tern_cluster_udp_receive_drops_total"),
+            Some(5.0)
         );
         assert_eq!(
             sample(
