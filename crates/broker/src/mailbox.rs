@@ -50,18 +50,12 @@ pub(crate) fn mailbox() -> (MailboxSender, MailboxReceiver) {
 impl MailboxSender {
     /// Queues `command`; gives it back if the receiver is gone.
     pub(crate) fn send(&self, command: ConnCommand) -> Result<(), ConnCommand> {
-        let mut queue = self.0.queue.lock();
-        if queue.closed {
-            return Err(command);
-        }
-        let was_empty = queue.commands.is_empty();
-        queue.commands.push_back(command);
-        drop(queue);
-        if was_empty {
-            // With nobody waiting, the notification is kept for the next wait.
-            self.0.arrived.notify_one();
-        }
-        Ok(())
+        self.send_many(std::iter::once(command))
+            .map_err(|mut refused| {
+                refused
+                    .next()
+                    .expect("send_many gives back the untouched iterator")
+            })
     }
 
     /// Queues every command of `commands` in order, under one lock and with at most one
@@ -79,6 +73,7 @@ impl MailboxSender {
         let now_empty = queue.commands.is_empty();
         drop(queue);
         if was_empty && !now_empty {
+            // With nobody waiting, the notification is kept for the next wait.
             self.0.arrived.notify_one();
         }
         Ok(())
