@@ -110,9 +110,9 @@ async fn send_loop(weak: Weak<Inner>, node: NodeId, link: Arc<PeerLink>) {
             return;
         }
         // A new link (first, or after a drop) means: resend what was not acknowledged.
-        let status = inner.transport.link(node);
-        let connected = status.as_ref().is_some_and(|s| s.connected);
-        let established = status.as_ref().map(|s| s.links_established);
+        let link_now = inner.transport.link_connection(node);
+        let connected = link_now.is_some_and(|l| l.connected);
+        let established = link_now.map(|l| l.links_established);
         if connected && established != seen_links {
             let mut out = link.outbound.lock();
             if seen_links.is_some() || out.is_link_up() {

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::config::TransportConfig;
 use super::envelope::{Envelope, FrameKind, Hello, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION};
 use super::lanes::{self, IncomingFrame};
-use super::peers::{Link, LinkStatus, Peer, Peers};
+use super::peers::{Link, LinkConnection, LinkStatus, Peer, Peers};
 use super::rpc::{self, Handlers};
 use super::streamio::{read_frame, write_frame};
 use super::tls::{self, TlsIdentity, CLUSTER_SERVER_NAME};
@@ -309,6 +309,12 @@ impl Transport {
     /// for a full receive buffer (`None` where the kernel does not say).
     pub fn udp_receive_drops(&self) -> Option<u64> {
         self.inner.udp_drops.read()
+    }
+
+    /// Whether the link to `peer` is up, and which one it is: cheap enough for the
+    /// forwarding send loop, which asks on every wake-up.
+    pub fn link_connection(&self, peer: NodeId) -> Option<LinkConnection> {
+        self.inner.peers.get(peer).map(|p| p.connection())
     }
 
     /// The link state of one peer.

@@ -37,7 +37,7 @@ pub use config::{Congestion, TransportConfig};
 pub use endpoint::Transport;
 pub use envelope::{Hello, LaneFrame, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION};
 pub use lanes::{IncomingFrame, LaneSender};
-pub use peers::LinkStatus;
+pub use peers::{LinkConnection, LinkStatus};
 pub use tls::{CaBundle, NodeCert, TlsIdentity};
 
 /// Application close codes of a link, so that the other side's log says why.

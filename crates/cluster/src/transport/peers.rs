@@ -181,6 +181,16 @@ impl Peer {
         self.notify();
     }
 
+    /// Whether a link is up and how many have been established: [`LinkStatus`]'s first
+    /// two facts, without its statistics (which lock the QUIC connection) and copies.
+    pub(crate) fn connection(&self) -> LinkConnection {
+        let st = self.state.lock();
+        LinkConnection {
+            connected: st.link.as_ref().is_some_and(|l| l.alive()),
+            links_established: st.links_established,
+        }
+    }
+
     pub(crate) fn status(&self, local: NodeId) -> LinkStatus {
         let st = self.state.lock();
         let link = st.link.as_ref().filter(|l| l.alive());
@@ -202,6 +212,14 @@ impl Peer {
             last_error: st.last_error.as_ref().map(ToString::to_string),
         }
     }
+}
+
+/// Whether a peer's link is up, and how many links to it were established so far (a new
+/// count means a new link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkConnection {
+    pub connected: bool,
+    pub links_established: u64,
 }
 
 /// A peer's link as `tern cluster status` and the metrics see it. Byte and frame counts
