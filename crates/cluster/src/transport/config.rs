@@ -33,9 +33,9 @@ pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 6_400;
 /// which quinn takes for a lost MTU probe: with larger datagrams a busy link lost every
 /// full batch, silently, and stalled.
 pub const MAX_UDP_PAYLOAD_LIMIT: u16 = 6_500;
-/// Default of `udp_receive_buffer` and `udp_send_buffer`: 4 MiB, the common
-/// `net.core.rmem_max`; at 6,400-byte datagrams that is room for about 60 offloaded
-/// bursts of ten.
+/// Default of `udp_receive_buffer` and `udp_send_buffer`: 4 MiB, room for dozens of
+/// offloaded bursts of ten 6,400-byte datagrams, and what the development machine's
+/// `net.core.rmem_max` allows. A host with a lower cap grants less, and the node warns.
 pub const DEFAULT_UDP_BUFFER: usize = 4 * 1024 * 1024;
 /// Largest socket buffer accepted (the kernel takes an `int` and doubles it).
 const MAX_UDP_BUFFER: usize = 1 << 30;

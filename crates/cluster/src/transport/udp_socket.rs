@@ -1,9 +1,8 @@
 //! The cluster endpoint's UDP socket, with kernel buffers sized for busy links.
 //!
 //! Linux gives a UDP socket about 208 KiB of receive buffer by default. quinn sends up to
-//! ten datagrams in one offloaded `sendmsg`, so a few such bursts fill it while the
-//! receiving node's endpoint task waits for a core, and the kernel drops what does not
-//! fit (`RcvbufErrors` in `/proc/net/snmp`). QUIC then takes the drops for congestion and
+//! ten datagrams in one offloaded `sendmsg`, so a few such bursts the receiving node has
+//! not read yet fill it, and the kernel drops what does not fit (`RcvbufErrors` in `/proc/net/snmp`). QUIC then takes the drops for congestion and
 //! shrinks its window: on one machine, cross-node pairs saw over a hundred drops a second
 //! and left a sixth of the CPU idle. Larger buffers absorb the bursts.
 
