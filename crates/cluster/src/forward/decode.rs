@@ -2,7 +2,8 @@
 //!
 //! It reads the same MessagePack as the serde-derived [`ForwardBatch`] of
 //! [`WireMessage`](crate::types::WireMessage)s (named fields in any order, unknown fields
-//! skipped, absent optional fields `None`), but without serde's generic visitor layers,
+//! skipped, absent optional fields `None`), and the compact form of `compact.rs`, told
+//! apart by the first byte, but without serde's generic visitor layers,
 //! which made decoding the largest single cost of a forwarded message on the receiving
 //! node. Strings are checked to be UTF-8 and copied once, into the `Arc<str>`s the broker
 //! keeps; payloads of [`SHARE_PAYLOAD_FROM`] bytes or more share the frame's memory.
@@ -57,14 +58,14 @@ pub struct Interner {
 
 /// Which of [`Interner`]'s last strings a field compares with.
 #[derive(Clone, Copy)]
-enum LastString {
+pub(super) enum LastString {
     Topic = 0,
     Client = 1,
 }
 
 impl Interner {
     /// Reads a string field, shared with an equal string read before.
-    fn read(&mut self, r: &mut Reader<'_>, which: LastString) -> R<Arc<str>> {
+    pub(super) fn read(&mut self, r: &mut Reader<'_>, which: LastString) -> R<Arc<str>> {
         let at = r.pos;
         let raw = r.raw()?;
         let last = &mut self.last[which as usize];
@@ -100,7 +101,7 @@ impl Interner {
 /// Deepest nesting an unknown field may have before the batch is refused.
 const MAX_SKIP_DEPTH: u32 = 32;
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
@@ -108,11 +109,15 @@ struct Reader<'a> {
 type R<T> = Result<T, DecodeError>;
 
 impl<'a> Reader<'a> {
-    fn err<T>(&self, what: &'static str) -> R<T> {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub(super) fn err<T>(&self, what: &'static str) -> R<T> {
         Err(DecodeError { at: self.pos, what })
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
@@ -169,7 +174,7 @@ impl<'a> Reader<'a> {
         self.len(count, 2)
     }
 
-    fn array_len(&mut self) -> R<usize> {
+    pub(super) fn array_len(&mut self) -> R<usize> {
         let m = self.byte()?;
         let count = match m {
             0x90..=0x9f => u64::from(m & 0x0f),
@@ -181,7 +186,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `str` or `bin` value's bytes (serde accepts either for strings and byte fields).
-    fn raw(&mut self) -> R<&'a [u8]> {
+    pub(super) fn raw(&mut self) -> R<&'a [u8]> {
         let m = self.byte()?;
         let n = match m {
             0xa0..=0xbf => u64::from(m & 0x1f),
@@ -199,7 +204,7 @@ impl<'a> Reader<'a> {
         self.raw()
     }
 
-    fn str(&mut self) -> R<&'a str> {
+    pub(super) fn str(&mut self) -> R<&'a str> {
         let at = self.pos;
         let raw = self.raw()?;
         std::str::from_utf8(raw).map_err(|_| DecodeError {
@@ -208,7 +213,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn uint(&mut self) -> R<u64> {
+    pub(super) fn uint(&mut self) -> R<u64> {
         let m = self.byte()?;
         let v: i128 = match m {
             0x00..=0x7f => i128::from(m),
@@ -226,7 +231,7 @@ impl<'a> Reader<'a> {
         u64::try_from(v).or_else(|_| self.err("negative integer"))
     }
 
-    fn u8(&mut self) -> R<u8> {
+    pub(super) fn u8(&mut self) -> R<u8> {
         let v = self.uint()?;
         u8::try_from(v).or_else(|_| self.err("integer out of range"))
     }
@@ -240,7 +245,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes a nil and says so, or leaves anything else for the caller.
-    fn nil(&mut self) -> R<bool> {
+    pub(super) fn nil(&mut self) -> R<bool> {
         if self.peek()? == 0xc0 {
             self.pos += 1;
             Ok(true)
@@ -250,7 +255,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one value of any type (an unknown field of a newer peer).
-    fn skip(&mut self, depth: u32) -> R<()> {
+    pub(super) fn skip(&mut self, depth: u32) -> R<()> {
         if depth > MAX_SKIP_DEPTH {
             return self.err("nested too deeply");
         }
@@ -339,7 +344,11 @@ pub(crate) fn decode_batch_with(
     clock: WireClock,
     strings: &mut Interner,
 ) -> Result<ForwardBatch<Arc<Message>>, DecodeError> {
-    let mut r = Reader { buf: bytes, pos: 0 };
+    // The compact form is an array, the named form a map.
+    if matches!(bytes.first(), Some(0x90..=0x9f | 0xdc | 0xdd)) {
+        return super::compact::decode_batch(bytes, clock, strings);
+    }
+    let mut r = Reader::new(bytes);
     let (mut origin, mut link_epoch, mut messages) = (None, None, None);
     for _ in 0..r.map_len()? {
         match r.key()? {
@@ -417,7 +426,7 @@ fn shared_target(r: &mut Reader<'_>) -> R<SharedTarget> {
 
 /// `part` of `frame` as `Bytes`: sharing the frame's memory when it is large, else a copy
 /// (see [`SHARE_PAYLOAD_FROM`]).
-fn bytes_of(frame: &Bytes, part: &[u8]) -> Bytes {
+pub(super) fn bytes_of(frame: &Bytes, part: &[u8]) -> Bytes {
     // `part` was read from `frame`, so it lies within it; checked anyway, so that a
     // mistake costs a copy rather than a panic on network input.
     let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);

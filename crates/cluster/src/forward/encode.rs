@@ -7,7 +7,7 @@
 use super::frame::{ForwardMessage, Forwarded, FrameError};
 use crate::types::{NodeId, WireClock, WireRef};
 
-fn uint(out: &mut Vec<u8>, v: u64) {
+pub(super) fn uint(out: &mut Vec<u8>, v: u64) {
     match v {
         0..=0x7f => out.push(v as u8),
         0x80..=0xff => out.extend_from_slice(&[0xcc, v as u8]),
@@ -53,20 +53,20 @@ fn len_header(
     Ok(())
 }
 
-fn str(out: &mut Vec<u8>, s: &str) -> Result<(), FrameError> {
+pub(super) fn str(out: &mut Vec<u8>, s: &str) -> Result<(), FrameError> {
     len_header(out, s.len(), 0xa0, 31, Some(0xd9), 0xda, 0xdb)?;
     out.extend_from_slice(s.as_bytes());
     Ok(())
 }
 
-fn bin(out: &mut Vec<u8>, b: &[u8]) -> Result<(), FrameError> {
+pub(super) fn bin(out: &mut Vec<u8>, b: &[u8]) -> Result<(), FrameError> {
     // `bin` has no fix form: a zero `small` skips it.
     len_header(out, b.len(), 0, 0, Some(0xc4), 0xc5, 0xc6)?;
     out.extend_from_slice(b);
     Ok(())
 }
 
-fn array(out: &mut Vec<u8>, len: usize) -> Result<(), FrameError> {
+pub(super) fn array(out: &mut Vec<u8>, len: usize) -> Result<(), FrameError> {
     len_header(out, len, 0x90, 15, None, 0xdc, 0xdd)
 }
 

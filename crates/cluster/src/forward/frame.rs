@@ -7,8 +7,11 @@
 //! never converts a message twice: the sending node queues the broker's `Arc<Message>`
 //! itself and encodes it straight from there ([`WireRef`], a hand-written encoder); the
 //! receiving node decodes a batch straight into broker messages
-//! ([`ForwardBatch::decode_messages`], a hand-written decoder). The bytes decode as a [`ForwardBatch`] of [`WireMessage`]s, which stays the
-//! reference form (serde-derived; the tests check both decoders against it).
+//! ([`ForwardBatch::decode_messages`], a hand-written decoder). The bytes decode as a
+//! [`ForwardBatch`] of [`WireMessage`]s, which stays the reference form (serde-derived;
+//! the tests check both decoders against it). Batches to peers of protocol version 2 and
+//! later are written in a compact form instead ([`BatchFormat`]), tested against the same
+//! reference.
 
 use std::sync::Arc;
 
@@ -165,19 +168,56 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
     }
 }
 
+/// The first cluster protocol version whose nodes read [`BatchFormat::Compact`].
+pub const COMPACT_BATCHES_SINCE: u16 = 2;
+
+/// How a batch is written. Every version reads the named form; nodes of protocol version
+/// [`COMPACT_BATCHES_SINCE`] and later also read the compact one, and a receiver tells
+/// them apart by the first byte, so only the sender has to know what its peer speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchFormat {
+    /// Maps with field names: the serde-derived form of [`ForwardBatch`].
+    Named,
+    /// Arrays, fields by position, repeated strings left out (`compact.rs`).
+    Compact,
+}
+
+impl BatchFormat {
+    /// The form for a link that negotiated cluster protocol `version`.
+    pub fn for_protocol(version: u16) -> Self {
+        if version >= COMPACT_BATCHES_SINCE {
+            Self::Compact
+        } else {
+            Self::Named
+        }
+    }
+}
+
 impl<M: ForwardMessage> ForwardBatch<M> {
-    /// Appends the batch's MessagePack form to `out` (where the caller may already have
-    /// put a frame header: the batch is encoded in place, not copied afterwards). `clock`
+    /// Appends the batch in `format` to `out` (where the caller may already have put a
+    /// frame header: the batch is encoded in place, not copied afterwards). `clock`
     /// converts expiry times of messages that hold `Instant`s.
-    pub fn encode_into(&self, out: &mut Vec<u8>, clock: WireClock) -> Result<(), FrameError> {
-        super::encode::batch(out, self.origin, self.link_epoch, &self.messages, clock)
+    pub fn encode_into(
+        &self,
+        out: &mut Vec<u8>,
+        clock: WireClock,
+        format: BatchFormat,
+    ) -> Result<(), FrameError> {
+        let (origin, epoch, messages) = (self.origin, self.link_epoch, &self.messages);
+        match format {
+            BatchFormat::Named => super::encode::batch(out, origin, epoch, messages, clock),
+            BatchFormat::Compact => {
+                super::compact::encode_batch(out, origin, epoch, messages, clock)
+            }
+        }
     }
 }
 
 impl ForwardBatch {
+    /// The named form (what every version reads).
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let mut out = Vec::new();
-        self.encode_into(&mut out, WireClock::now())?;
+        self.encode_into(&mut out, WireClock::now(), BatchFormat::Named)?;
         Ok(out)
     }
 
@@ -358,9 +398,11 @@ mod tests {
             ],
         };
         let mut bytes = Vec::new();
-        ours.encode_into(&mut bytes, clock).expect("encode");
+        ours.encode_into(&mut bytes, clock, BatchFormat::Named)
+            .expect("encode");
         let mut expected = Vec::new();
-        wire.encode_into(&mut expected, clock).expect("encode");
+        wire.encode_into(&mut expected, clock, BatchFormat::Named)
+            .expect("encode");
         assert_eq!(bytes, expected);
         assert_eq!(ForwardBatch::decode(&bytes).expect("decode"), wire);
     }

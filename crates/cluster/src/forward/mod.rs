@@ -8,7 +8,9 @@
 //!   (origin, sequence) and answers each batch with a cumulative [`ForwardAck`].
 //! - [`frame`]: the MessagePack frames that travel between them; `encode` and `decode`
 //!   write and read a batch by hand (the hot path: straight from and into the broker's
-//!   `Arc<Message>`s), to the same bytes as the serde-derived form in `frame`.
+//!   `Arc<Message>`s), to the same bytes as the serde-derived form in `frame`. Peers of
+//!   protocol version 2 and later get batches in `compact` form instead (fields by
+//!   position, repeated strings left out); `decode` reads both.
 //!
 //! # Delivery rules
 //!
@@ -51,6 +53,7 @@
 //! whatever arrives, so messages delivered before its restart but not yet acknowledged may
 //! be delivered again: at least once, never silently lost.
 
+mod compact;
 mod decode;
 mod encode;
 pub mod frame;
@@ -61,6 +64,9 @@ mod outbound;
 mod tests;
 
 pub use decode::{DecodeError, Interner, SHARE_PAYLOAD_FROM};
-pub use frame::{ForwardAck, ForwardBatch, ForwardMessage, Forwarded, FrameError, SharedTarget};
+pub use frame::{
+    BatchFormat, ForwardAck, ForwardBatch, ForwardMessage, Forwarded, FrameError, SharedTarget,
+    COMPACT_BATCHES_SINCE,
+};
 pub use inbound::{Inbound, InboundCounters};
 pub use outbound::{DropCounts, DropReason, Outbound, OutboundLimits, PushOutcome};

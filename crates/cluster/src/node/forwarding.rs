@@ -19,7 +19,8 @@ use tracing::{debug, warn};
 
 use super::core::Inner;
 use crate::forward::{
-    ForwardAck, ForwardBatch, Inbound, Interner, Outbound, OutboundLimits, SharedTarget,
+    BatchFormat, ForwardAck, ForwardBatch, Inbound, Interner, Outbound, OutboundLimits,
+    SharedTarget, COMPACT_BATCHES_SINCE,
 };
 use crate::transport::LaneFrame;
 use crate::types::{NodeId, WireClock};
@@ -86,7 +87,7 @@ pub(crate) fn push(
 }
 
 /// The lane frame of a batch: tag and MessagePack written in place, no copy after.
-fn batch_frame(batch: &ForwardBatch<Arc<Message>>) -> Option<LaneFrame> {
+fn batch_frame(batch: &ForwardBatch<Arc<Message>>, format: BatchFormat) -> Option<LaneFrame> {
     // Room for the whole batch up front (the estimate is per message content plus a
     // fixed allowance, about what the named fields take), so the buffer rarely grows.
     let estimate: usize = batch
@@ -96,8 +97,11 @@ fn batch_frame(batch: &ForwardBatch<Arc<Message>>) -> Option<LaneFrame> {
         .sum();
     let mut frame = LaneFrame::with_capacity(estimate + 64);
     frame.body_mut().push(TAG_BATCH);
+    if format == BatchFormat::Compact {
+        frame.require_version(COMPACT_BATCHES_SINCE);
+    }
     batch
-        .encode_into(frame.body_mut(), WireClock::now())
+        .encode_into(frame.body_mut(), WireClock::now(), format)
         .ok()
         .map(|()| frame)
 }
@@ -113,6 +117,9 @@ async fn send_loop(weak: Weak<Inner>, node: NodeId, link: Arc<PeerLink>) {
         let link_now = inner.transport.link_connection(node);
         let connected = link_now.is_some_and(|l| l.connected);
         let established = link_now.map(|l| l.links_established);
+        // Should the link change to an older peer under a compact batch, sending it fails
+        // (`require_version`) and the next round resends it in the link's format.
+        let format = BatchFormat::for_protocol(link_now.map_or(0, |l| l.version));
         if connected && established != seen_links {
             let mut out = link.outbound.lock();
             if seen_links.is_some() || out.is_link_up() {
@@ -128,7 +135,7 @@ async fn send_loop(weak: Weak<Inner>, node: NodeId, link: Arc<PeerLink>) {
             loop {
                 let batch = link.outbound.lock().next_batch(BATCH_MESSAGES, BATCH_BYTES);
                 let Some(batch) = batch else { break };
-                let Some(frame) = batch_frame(&batch) else {
+                let Some(frame) = batch_frame(&batch, format) else {
                     warn!(peer = node, "forward batch not encodable");
                     continue;
                 };

@@ -47,6 +47,9 @@ pub struct LinkView {
     /// Largest UDP payload the link sends (path MTU discovery; `transport.max_udp_payload`).
     #[serde(default)]
     pub udp_payload: Option<u16>,
+    /// The cluster protocol version negotiated on the link (2: compact forwarded batches).
+    #[serde(default)]
+    pub protocol_version: Option<u16>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// Forwarded messages waiting for this peer, and of those, sent but not acknowledged.
@@ -100,6 +103,7 @@ pub(crate) fn collect(inner: &super::core::Inner) -> ClusterStatus {
                 connected: l.connected,
                 rtt_ms: l.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 udp_payload: l.udp_payload,
+                protocol_version: l.protocol_version,
                 bytes_sent: l.bytes_sent,
                 bytes_received: l.bytes_received,
                 backlog,

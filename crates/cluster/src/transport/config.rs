@@ -10,7 +10,7 @@ use std::time::Duration;
 use quinn::{IdleTimeout, VarInt};
 use serde::{Deserialize, Serialize};
 
-use super::envelope::DEFAULT_MAX_FRAME_LEN;
+use super::envelope::{DEFAULT_MAX_FRAME_LEN, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION};
 use super::udp_socket;
 use super::TransportError;
 
@@ -82,6 +82,11 @@ pub struct TransportConfig {
     /// Incoming lane frames queued for the consumer before lane streams stop being read
     /// (and QUIC flow control pushes back on the senders).
     pub incoming_frames_capacity: usize,
+    /// Highest cluster protocol version this node offers in its Hello; each link speaks
+    /// the highest version both ends offer. From `MIN_COMPATIBLE_VERSION` to
+    /// `PROTOCOL_VERSION` (the default). 1 sends forwarded batches in the named form of
+    /// earlier releases instead of the compact one.
+    pub protocol_version: u16,
 }
 
 impl Default for TransportConfig {
@@ -103,6 +108,7 @@ impl Default for TransportConfig {
             redial_initial_backoff_ms: 100,
             redial_max_backoff_ms: 10_000,
             incoming_frames_capacity: 4096,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -166,6 +172,14 @@ impl TransportConfig {
             if size > MAX_UDP_BUFFER {
                 return Err(bad(key, "must be at most 1073741824 (1 GiB)"));
             }
+        }
+        if !(MIN_COMPATIBLE_VERSION..=PROTOCOL_VERSION).contains(&self.protocol_version) {
+            return Err(bad(
+                "protocol_version",
+                &format!(
+                    "this build speaks versions {MIN_COMPATIBLE_VERSION} to {PROTOCOL_VERSION}"
+                ),
+            ));
         }
         if self.max_frame_len == 0 {
             return Err(bad("max_frame_len", "must be above 0"));
@@ -241,6 +255,25 @@ mod tests {
             };
             let err = c.to_quinn().expect_err("out of range");
             assert!(err.to_string().contains("max_udp_payload"), "{err}");
+        }
+    }
+
+    #[test]
+    fn protocol_version_must_be_one_this_build_speaks() {
+        for ok in MIN_COMPATIBLE_VERSION..=PROTOCOL_VERSION {
+            let c = TransportConfig {
+                protocol_version: ok,
+                ..Default::default()
+            };
+            c.to_quinn().expect("spoken");
+        }
+        for bad in [0, PROTOCOL_VERSION + 1] {
+            let c = TransportConfig {
+                protocol_version: bad,
+                ..Default::default()
+            };
+            let err = c.to_quinn().expect_err("not spoken");
+            assert!(err.to_string().contains("protocol_version"), "{err}");
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::config::TransportConfig;
-use super::envelope::{Envelope, FrameKind, Hello, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION};
+use super::envelope::{Envelope, FrameKind, Hello, MIN_COMPATIBLE_VERSION};
 use super::lanes::{self, IncomingFrame};
 use super::peers::{Link, LinkConnection, LinkStatus, Peer, Peers};
 use super::rpc::{self, Handlers};
@@ -161,7 +161,7 @@ impl Transport {
             info.cluster_addr
         };
         let mut hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: settings.protocol_version,
             min_compatible: MIN_COMPATIBLE_VERSION,
             node_id: local,
             cluster_addr,
@@ -482,6 +482,11 @@ impl Inner {
             conn: conn.clone(),
             initiator,
             incarnation: hello.incarnation,
+            // `check_hello` let the peer in only if the ranges overlap.
+            version: self
+                .hello
+                .negotiate(hello)
+                .unwrap_or(MIN_COMPATIBLE_VERSION),
         };
         let info = NodeInfo {
             cluster_addr: hello.cluster_addr.clone(),

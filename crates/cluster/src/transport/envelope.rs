@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. 2: forwarded batches may come in the compact
+/// form (`forward/compact.rs`); everything else is as in 1.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still understands.
 pub const MIN_COMPATIBLE_VERSION: u16 = 1;
 /// Default cap on one frame (length prefix excluded).
@@ -171,6 +172,8 @@ pub fn encode_frame(envelope: &Envelope, max_len: u32) -> Result<Bytes, FrameErr
 #[derive(Debug)]
 pub struct LaneFrame {
     buf: Vec<u8>,
+    /// Lowest protocol version a link must speak to carry this body.
+    needs_version: u16,
 }
 
 /// The MessagePack of a `LaneData` envelope up to its `body` value (a map of three named
@@ -200,7 +203,20 @@ impl LaneFrame {
         buf.extend_from_slice(head);
         buf.push(BIN32);
         buf.extend_from_slice(&[0; 4]);
-        Self { buf }
+        Self {
+            buf,
+            needs_version: MIN_COMPATIBLE_VERSION,
+        }
+    }
+
+    /// Marks the body as readable only by peers of protocol `version` or later: sending
+    /// then fails, rather than write it, on a link that negotiated less.
+    pub fn require_version(&mut self, version: u16) {
+        self.needs_version = version;
+    }
+
+    pub fn needs_version(&self) -> u16 {
+        self.needs_version
     }
 
     fn header_len() -> usize {

@@ -104,6 +104,18 @@ impl LaneSender {
             .get(peer)
             .ok_or_else(|| unreachable("unknown peer"))?;
         let link = p.live_link().ok_or_else(|| unreachable("no link"))?;
+        if link.version < frame.needs_version() {
+            // The link changed under the caller since it chose the encoding; written,
+            // the frame would be unreadable on the other side.
+            return Err(TransportError::ConnectionLost {
+                peer,
+                reason: format!(
+                    "the link speaks protocol version {}, the frame needs {}",
+                    link.version,
+                    frame.needs_version()
+                ),
+            });
+        }
         let slot = p.lanes.lock().entry(self.lane).or_default().clone();
         let mut slot = slot.lock().await;
         let max = self.inner.settings.max_frame_len;

@@ -56,6 +56,8 @@ pub(crate) struct Link {
     pub conn: quinn::Connection,
     pub initiator: NodeId,
     pub incarnation: u64,
+    /// The cluster protocol version both ends speak on this link.
+    pub version: u16,
 }
 
 impl Link {
@@ -185,9 +187,11 @@ impl Peer {
     /// two facts, without its statistics (which lock the QUIC connection) and copies.
     pub(crate) fn connection(&self) -> LinkConnection {
         let st = self.state.lock();
+        let link = st.link.as_ref().filter(|l| l.alive());
         LinkConnection {
-            connected: st.link.as_ref().is_some_and(|l| l.alive()),
+            connected: link.is_some(),
             links_established: st.links_established,
+            version: link.map_or(0, |l| l.version),
         }
     }
 
@@ -203,6 +207,7 @@ impl Peer {
             initiated_locally: link.map(|l| l.initiator == local),
             rtt: link.map(|l| l.conn.rtt()),
             udp_payload: link.map(|l| l.conn.stats().path.current_mtu),
+            protocol_version: link.map(|l| l.version),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             frames_sent: c.frames_sent.load(Ordering::Relaxed),
@@ -220,6 +225,8 @@ impl Peer {
 pub struct LinkConnection {
     pub connected: bool,
     pub links_established: u64,
+    /// The protocol version negotiated on the live link (0 when none is up).
+    pub version: u16,
 }
 
 /// A peer's link as `tern cluster status` and the metrics see it. Byte and frame counts
@@ -238,6 +245,8 @@ pub struct LinkStatus {
     pub rtt: Option<Duration>,
     /// Largest UDP payload the current link sends, as path MTU discovery has found it.
     pub udp_payload: Option<u16>,
+    /// The cluster protocol version negotiated on the current link.
+    pub protocol_version: Option<u16>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub frames_sent: u64,

@@ -834,6 +834,7 @@ mod tests {
                     connected: true,
                     rtt_ms: Some(12.5),
                     udp_payload: Some(1452),
+                    protocol_version: Some(2),
                     bytes_sent: 1000,
                     bytes_received: 2000,
                     backlog: 3,
