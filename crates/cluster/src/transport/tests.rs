@@ -412,6 +412,62 @@ async fn dropping_the_last_handle_closes_links_and_frees_the_port() {
     b.shutdown().await;
 }
 
+/// A link settles on the highest version both ends offer, and a frame that needs more
+/// than the link speaks is refused before it is written (the sender then re-encodes).
+#[tokio::test]
+async fn a_link_speaks_the_highest_common_version_and_refuses_frames_above_it() {
+    let ca = generate_ca().expect("ca");
+    let a = node(&ca, 1);
+    let old = TransportConfig {
+        protocol_version: MIN_COMPATIBLE_VERSION,
+        ..settings()
+    };
+    let b = Transport::bind(old, &identity(&ca, 2), 2, any_port(), info("x")).expect("bind");
+    let c = node(&ca, 3);
+    let mut b_rx = b.take_incoming().expect("b incoming");
+    let mut c_rx = c.take_incoming().expect("c incoming");
+    a.connect(2, addr(&b)).await.expect("connect b");
+    a.connect(3, addr(&c)).await.expect("connect c");
+    assert_eq!(a.link(2).and_then(|l| l.protocol_version), Some(1));
+    assert_eq!(
+        a.link(3).and_then(|l| l.protocol_version),
+        Some(PROTOCOL_VERSION)
+    );
+    assert_eq!(a.link_connection(2).map(|l| l.version), Some(1));
+
+    let frame = |body: &[u8], needs: u16| {
+        let mut f = LaneFrame::with_capacity(body.len());
+        f.body_mut().extend_from_slice(body);
+        f.require_version(needs);
+        f
+    };
+    let err = a
+        .send_stream(2, 0)
+        .send_frame(frame(b"new", PROTOCOL_VERSION))
+        .await
+        .expect_err("too new for b");
+    assert!(err.to_string().contains("protocol version 1"), "{err}");
+    a.send_stream(2, 0)
+        .send_frame(frame(b"old", 1))
+        .await
+        .expect("b reads version 1");
+    a.send_stream(3, 0)
+        .send_frame(frame(b"new", PROTOCOL_VERSION))
+        .await
+        .expect("c reads version 2");
+    assert_eq!(
+        recv_frames(&mut b_rx, 1).await[0].frame,
+        Bytes::from_static(b"old")
+    );
+    assert_eq!(
+        recv_frames(&mut c_rx, 1).await[0].frame,
+        Bytes::from_static(b"new")
+    );
+    for t in [a, b, c] {
+        t.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_restarted_peer_is_redialled_and_traffic_resumes() {
     let ca = generate_ca().expect("ca");
