@@ -32,6 +32,13 @@
 //! no harm: they only hold sequences that are either duplicates or resent on the new link
 //! in the same order.
 //!
+//! A batch the receiver cannot decode breaks that reasoning: the batches behind it would
+//! be delivered and acknowledged, and the ack would release the unread batch's QoS 1/2
+//! messages at the sender, whose resends would then be dropped as duplicates. So the
+//! receiver (`node/forwarding.rs`) closes the link a malformed frame came on and drops
+//! whatever else is still queued from that link; the sender resends everything
+//! unacknowledged on its next link, lowest sequence first.
+//!
 //! # Sender restarts: the link epoch
 //!
 //! A sender that restarts loses its in-memory backlog and its sequence counter, so its

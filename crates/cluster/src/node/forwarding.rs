@@ -19,10 +19,10 @@ use tracing::{debug, warn};
 
 use super::core::Inner;
 use crate::forward::{
-    BatchFormat, ForwardAck, ForwardBatch, Inbound, Interner, Outbound, OutboundLimits,
+    BatchFormat, ForwardAck, ForwardBatch, FrameError, Inbound, Interner, Outbound, OutboundLimits,
     SharedTarget, COMPACT_BATCHES_SINCE,
 };
-use crate::transport::LaneFrame;
+use crate::transport::{IncomingFrame, LaneFrame};
 use crate::types::{NodeId, WireClock};
 
 const DATA_LANE: u8 = 0;
@@ -169,28 +169,32 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
         // Kept across batches: who each run's topic reached last.
         let mut delivery = MessageRun::default();
         let mut acks = PendingAcks::default();
+        // Per origin, the link a malformed frame came on: what is still queued from it is
+        // dropped unread, since acknowledging the batches behind the bad one would release
+        // the QoS 1/2 messages it held without their ever being delivered. The origin
+        // resends everything unacknowledged on its next link.
+        let mut broken: HashMap<NodeId, u64> = HashMap::new();
         while let Some(frame) = frames.recv().await {
             let Some(inner) = weak.upgrade() else { return };
-            match frame.frame.split_first() {
-                None => {}
-                Some((&TAG_BATCH, _)) => {
-                    let body = frame.frame.slice(1..);
-                    if let Some(ack) =
-                        receive_batch(&inner, frame.from, body, &mut strings, &mut delivery)
-                    {
-                        acks.hold(frame.from, ack);
-                    }
+            let stale = match broken.get(&frame.from) {
+                Some(&link) if link == frame.link => true,
+                Some(_) => {
+                    broken.remove(&frame.from);
+                    false
                 }
-                Some((&TAG_ACK, body)) => match ForwardAck::decode(body) {
-                    Ok(ack) => {
-                        if let Some(p) = inner.peers.lock().get(&frame.from) {
-                            p.outbound.lock().on_ack(ack);
-                        }
-                    }
-                    Err(e) => warn!(peer = frame.from, error = %e, "bad forward ack"),
-                },
-                Some((&other, _)) => {
-                    warn!(peer = frame.from, tag = other, "unknown frame on a lane");
+                None => false,
+            };
+            if !stale {
+                let result = receive_frame(&inner, &frame, &mut strings, &mut delivery, &mut acks);
+                if let Err(e) = result {
+                    inner.stats.malformed_forward_frame();
+                    warn!(peer = frame.from, error = %e, "malformed forwarding frame");
+                    broken.insert(frame.from, frame.link);
+                    inner.transport.close_link(
+                        frame.from,
+                        frame.link,
+                        "malformed forwarding frame",
+                    );
                 }
             }
             if acks.batches > 0 && (frames.is_empty() || acks.batches >= ACK_EVERY_BATCHES) {
@@ -198,6 +202,36 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
             }
         }
     });
+}
+
+/// Acts on one lane frame: a batch is delivered and its ack held, an ack releases what
+/// it covers. Fails only when the frame cannot be decoded.
+fn receive_frame(
+    inner: &Arc<Inner>,
+    frame: &IncomingFrame,
+    strings: &mut Interner,
+    delivery: &mut MessageRun,
+    acks: &mut PendingAcks,
+) -> Result<(), FrameError> {
+    match frame.frame.split_first() {
+        None => {}
+        Some((&TAG_BATCH, _)) => {
+            let body = frame.frame.slice(1..);
+            if let Some(ack) = receive_batch(inner, frame.from, body, strings, delivery)? {
+                acks.hold(frame.from, ack);
+            }
+        }
+        Some((&TAG_ACK, body)) => {
+            let ack = ForwardAck::decode(body)?;
+            if let Some(p) = inner.peers.lock().get(&frame.from) {
+                p.outbound.lock().on_ack(ack);
+            }
+        }
+        Some((&other, _)) => {
+            warn!(peer = frame.from, tag = other, "unknown frame on a lane");
+        }
+    }
+    Ok(())
 }
 
 /// Most delivered batches whose acks wait for the incoming queue to empty.
@@ -239,14 +273,8 @@ fn receive_batch(
     body: Bytes,
     strings: &mut Interner,
     delivery: &mut MessageRun,
-) -> Option<ForwardAck> {
-    let batch = match ForwardBatch::decode_messages(&body, WireClock::now(), strings) {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(peer = from, error = %e, "bad forward batch");
-            return None;
-        }
-    };
+) -> Result<Option<ForwardAck>, FrameError> {
+    let batch = ForwardBatch::decode_messages(&body, WireClock::now(), strings)?;
     let (deliver, ack) = {
         let mut inbound = inner.inbound.lock();
         let origin = inbound.entry(from).or_insert_with(|| Inbound::new(from));
@@ -265,5 +293,5 @@ fn receive_batch(
         }
         delivery.deliver_waiting(&broker);
     }
-    ack
+    Ok(ack)
 }

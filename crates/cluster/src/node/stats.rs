@@ -24,12 +24,18 @@ pub(crate) struct NodeStats {
     batch_buckets: [AtomicU64; BATCH_SIZE_BUCKETS.len() + 1],
     batch_sum: AtomicU64,
     dead_members_removed: AtomicU64,
+    malformed_forward_frames: AtomicU64,
 }
 
 impl NodeStats {
     /// This node, as leader, removed a member that had no link up for too long.
     pub(crate) fn dead_member_removed(&self) {
         self.dead_members_removed.fetch_add(1, Relaxed);
+    }
+
+    /// A forwarded batch or ack from a peer that could not be decoded.
+    pub(crate) fn malformed_forward_frame(&self) {
+        self.malformed_forward_frames.fetch_add(1, Relaxed);
     }
 
     /// A command proposed to Raft by this node (as leader, or through the leader).
@@ -111,6 +117,9 @@ pub struct ClusterStats {
     /// Datagrams the kernel dropped on the cluster's UDP socket (a full receive buffer,
     /// mostly); `None` where the kernel does not say.
     pub udp_receive_drops: Option<u64>,
+    /// Forwarded batches and acks from peers that could not be decoded; each closed the
+    /// link it came on.
+    pub malformed_forward_frames: u64,
     pub peers: Vec<PeerStats>,
 }
 
@@ -139,6 +148,7 @@ pub(crate) fn collect(inner: &super::core::Inner) -> ClusterStats {
         snapshots_installed: snapshots.installed.load(Relaxed),
         dead_members_removed: inner.stats.dead_members_removed.load(Relaxed),
         udp_receive_drops: inner.transport.udp_receive_drops(),
+        malformed_forward_frames: inner.stats.malformed_forward_frames.load(Relaxed),
         peers,
     }
 }

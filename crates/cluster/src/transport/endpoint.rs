@@ -25,7 +25,8 @@ use super::streamio::{read_frame, write_frame};
 use super::tls::{self, TlsIdentity, CLUSTER_SERVER_NAME};
 use super::udp_socket;
 use super::{
-    TransportError, CLOSE_DUPLICATE, CLOSE_REFUSED, CLOSE_REMOVED, CLOSE_SHUTDOWN, RPC_PRIORITY,
+    TransportError, CLOSE_DUPLICATE, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_REMOVED, CLOSE_SHUTDOWN,
+    RPC_PRIORITY,
 };
 use crate::types::{NodeId, NodeInfo};
 
@@ -315,6 +316,22 @@ impl Transport {
     /// forwarding send loop, which asks on every wake-up.
     pub fn link_connection(&self, peer: NodeId) -> Option<LinkConnection> {
         self.inner.peers.get(peer).map(|p| p.connection())
+    }
+
+    /// Closes link `link` to `peer` for a protocol error (`reason` goes to the peer), if
+    /// it is still the current one; the peer redials and the two sides start over on a
+    /// new link.
+    pub fn close_link(&self, peer: NodeId, link: u64, reason: &str) {
+        let Some(p) = self.inner.peers.get(peer) else {
+            return;
+        };
+        if let Some(current) = p.live_link().filter(|l| l.id == link) {
+            warn!(
+                node = self.inner.local,
+                peer, "closing cluster link: {reason}"
+            );
+            current.conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+        }
     }
 
     /// The link state of one peer.
@@ -741,7 +758,7 @@ async fn drive_link(inner: Arc<Inner>, peer: Arc<Peer>, link: Link) {
     };
     let lanes = async {
         while let Ok(recv) = link.conn.accept_uni().await {
-            tokio::spawn(lanes::receive(inner.clone(), peer.clone(), recv));
+            tokio::spawn(lanes::receive(inner.clone(), peer.clone(), link.id, recv));
         }
     };
     tokio::join!(rpcs, lanes);

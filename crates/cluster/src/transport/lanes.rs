@@ -29,6 +29,8 @@ use crate::types::NodeId;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IncomingFrame {
     pub from: NodeId,
+    /// Which link of that peer it came on (see [`Transport::close_link`]).
+    pub link: u64,
     pub lane: u8,
     pub frame: Bytes,
 }
@@ -150,7 +152,7 @@ impl LaneSender {
 }
 
 /// Reads one incoming lane stream and hands its frames to the consumer, in order.
-pub(crate) async fn receive(inner: Arc<Inner>, peer: Arc<Peer>, mut recv: RecvStream) {
+pub(crate) async fn receive(inner: Arc<Inner>, peer: Arc<Peer>, link: u64, mut recv: RecvStream) {
     let max = inner.settings.max_frame_len;
     let counters = Some(&peer.counters);
     let lane = match read_frame(&mut recv, max, peer.id, counters).await {
@@ -177,6 +179,7 @@ pub(crate) async fn receive(inner: Arc<Inner>, peer: Arc<Peer>, mut recv: RecvSt
             Ok(Some(env)) if env.kind == FrameKind::LaneData as u8 => {
                 let frame = IncomingFrame {
                     from: peer.id,
+                    link,
                     lane,
                     frame: env.body,
                 };

@@ -208,6 +208,7 @@ async fn lanes_keep_order_per_lane_in_both_directions() {
         got[0],
         IncomingFrame {
             from: 2,
+            link: got[0].link,
             lane: 3,
             frame: Bytes::from_static(b"ack 0..500")
         }

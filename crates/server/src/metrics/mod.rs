@@ -250,6 +250,11 @@ const CLUSTER_UDP_RECEIVE_DROPS: Def = def(
     COUNTER,
     "Datagrams the kernel dropped on this node's cluster UDP socket, mostly for a full receive buffer (cluster.transport.udp_receive_buffer, capped by net.core.rmem_max). Linux only.",
 );
+const CLUSTER_FORWARD_MALFORMED: Def = def(
+    "tern_cluster_forward_malformed_frames_total",
+    COUNTER,
+    "Forwarded batches and acks from peers that could not be decoded; each closed the link it came on (the peer resends what was unacknowledged on the next).",
+);
 const RAFT_PROPOSAL_BATCH: Def = def(
     "tern_raft_proposal_batch_commands",
     HISTOGRAM,
@@ -307,6 +312,7 @@ pub const ALL: &[&Def] = &[
     &RAFT_PROPOSAL_FAILURES,
     &DEAD_MEMBERS_REMOVED,
     &CLUSTER_UDP_RECEIVE_DROPS,
+    &CLUSTER_FORWARD_MALFORMED,
     &RAFT_PROPOSAL_BATCH,
     &RAFT_SNAPSHOTS,
 ];
@@ -757,6 +763,11 @@ fn cluster_families(f: &mut Families, status: &ClusterStatus, stats: &ClusterSta
     if let Some(drops) = stats.udp_receive_drops {
         f.value(&CLUSTER_UDP_RECEIVE_DROPS, &[], drops as f64);
     }
+    f.value(
+        &CLUSTER_FORWARD_MALFORMED,
+        &[],
+        stats.malformed_forward_frames as f64,
+    );
     let batch = &stats.proposal_batch_size;
     f.histogram(
         &RAFT_PROPOSAL_BATCH,
@@ -867,6 +878,7 @@ mod tests {
             snapshots_installed: 1,
             dead_members_removed: 0,
             udp_receive_drops: Some(5),
+            malformed_forward_frames: 2,
             peers: vec![tern_cluster::node::PeerStats {
                 node_id: 2,
                 frames_sent: 70,
@@ -1015,6 +1027,10 @@ mod tests {
         assert_eq!(
             sample(&text, "tern_cluster_udp_receive_drops_total"),
             Some(5.0)
+        );
+        assert_eq!(
+            sample(&text, "tern_cluster_forward_malformed_frames_total"),
+            Some(2.0)
         );
         assert_eq!(
             sample(
