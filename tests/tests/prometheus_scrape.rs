@@ -494,6 +494,7 @@ async fn prometheus_scrapes_a_three_node_cluster() {
         ("sum(tern_raft_snapshots_total{source=\"built\"})", 1.0),
         // Every node reads its cluster socket's drop count from the kernel.
         ("count(tern_cluster_udp_receive_drops_total)", 3.0),
+        ("count(tern_cluster_forward_malformed_frames_total)", 3.0),
     ] {
         let value = poll(Duration::from_secs(30), || async {
             let v = one_value(prometheus, promql).await?;
