@@ -31,17 +31,8 @@ fn batch_frame(messages: &[(u64, &str)]) -> Bytes {
             .map(|&(seq, payload)| Forwarded {
                 seq,
                 message: WireMessage {
-                    topic: "bad/t".into(),
-                    payload: Bytes::from(payload.to_string()),
-                    qos: 1,
-                    retain: false,
                     origin_client: "peer-client".into(),
-                    expires_at_unix_ms: None,
-                    payload_format_indicator: None,
-                    content_type: None,
-                    response_topic: None,
-                    correlation_data: None,
-                    user_properties: Vec::new(),
+                    ..WireMessage::new("bad/t", Bytes::from(payload.to_string()), 1, false)
                 },
                 shared: None,
             })

@@ -239,17 +239,7 @@ fn message(
             2 => m.content_type = Some(r.str()?.to_owned()),
             3 => m.response_topic = Some(r.str()?.to_owned()),
             4 => m.correlation_data = Some(bytes_of(frame, r.raw()?)),
-            5 => {
-                let n = r.array_len()?;
-                let mut props = Vec::with_capacity(n);
-                for _ in 0..n {
-                    if r.array_len()? != 2 {
-                        return r.err("a user property is not a pair");
-                    }
-                    props.push((r.str()?.to_owned(), r.str()?.to_owned()));
-                }
-                m.user_properties = props;
-            }
+            5 => m.user_properties = r.user_properties()?,
             6 => {
                 if r.array_len()? != 2 {
                     return r.err("a shared target is not a pair");
@@ -271,34 +261,17 @@ fn message(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant, SystemTime};
-
     use proptest::prelude::*;
 
     use super::*;
     use crate::forward::frame::BatchFormat;
+    use crate::forward::test_support::{clock, reference};
     use crate::types::WireMessage;
-
-    fn clock() -> WireClock {
-        WireClock {
-            now: Instant::now(),
-            wall: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
-        }
-    }
 
     fn plain(topic: &str, client: &str, payload: &[u8], qos: u8) -> WireMessage {
         WireMessage {
-            topic: topic.into(),
-            payload: Bytes::copy_from_slice(payload),
-            qos,
-            retain: false,
             origin_client: client.into(),
-            expires_at_unix_ms: None,
-            payload_format_indicator: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
+            ..WireMessage::new(topic, Bytes::copy_from_slice(payload), qos, false)
         }
     }
 
@@ -328,21 +301,8 @@ mod tests {
     }
 
     /// The named form of `b`, decoded by the serde-derived reference decoder.
-    fn reference(b: &ForwardBatch, clock: WireClock) -> ForwardBatch<Arc<Message>> {
-        let named = ForwardBatch::decode(&encode(b, BatchFormat::Named)).expect("reference");
-        ForwardBatch {
-            origin: named.origin,
-            link_epoch: named.link_epoch,
-            messages: named
-                .messages
-                .into_iter()
-                .map(|f| Forwarded {
-                    seq: f.seq,
-                    message: Arc::new(f.message.to_message_at(clock)),
-                    shared: f.shared,
-                })
-                .collect(),
-        }
+    fn named_reference(b: &ForwardBatch, clock: WireClock) -> ForwardBatch<Arc<Message>> {
+        reference(&encode(b, BatchFormat::Named), clock)
     }
 
     fn arb_message() -> impl Strategy<Value = (u64, WireMessage, Option<SharedTarget>)> {
@@ -394,7 +354,7 @@ mod tests {
             let clock = clock();
             let b = batch(messages);
             let compact = encode(&b, BatchFormat::Compact);
-            prop_assert_eq!(decode(&compact, clock).expect("decode"), reference(&b, clock));
+            prop_assert_eq!(decode(&compact, clock).expect("decode"), named_reference(&b, clock));
         }
 
         /// Every cut of a valid batch is refused with an error, never a panic.
@@ -451,7 +411,10 @@ mod tests {
         bytes.push(0x2a); // a message field of a later version
         bytes.extend([0x92, 1, 2]); // a batch field of a later version
         let bytes = Bytes::from(bytes);
-        assert_eq!(decode(&bytes, clock).expect("decode"), reference(&b, clock));
+        assert_eq!(
+            decode(&bytes, clock).expect("decode"),
+            named_reference(&b, clock)
+        );
     }
 
     #[test]

@@ -321,6 +321,19 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// MQTT 5 user properties: an array of `[key, value]` arrays.
+    pub(super) fn user_properties(&mut self) -> R<Vec<(String, String)>> {
+        let n = self.array_len()?;
+        let mut props = Vec::with_capacity(n);
+        for _ in 0..n {
+            if self.array_len()? != 2 {
+                return self.err("a user property is not a pair");
+            }
+            props.push((self.str()?.to_owned(), self.str()?.to_owned()));
+        }
+        Ok(props)
+    }
+
     fn opt_string(&mut self) -> R<Option<String>> {
         if self.nil()? {
             return Ok(None);
@@ -478,17 +491,7 @@ fn message(
                     Some(bytes_of(frame, r.raw()?))
                 }
             }
-            b"user_properties" => {
-                let n = r.array_len()?;
-                let mut props = Vec::with_capacity(n);
-                for _ in 0..n {
-                    if r.array_len()? != 2 {
-                        return r.err("a user property is not a pair");
-                    }
-                    props.push((r.str()?.to_owned(), r.str()?.to_owned()));
-                }
-                user_properties = Some(props);
-            }
+            b"user_properties" => user_properties = Some(r.user_properties()?),
             _ => r.skip(0)?,
         }
     }
@@ -515,20 +518,12 @@ fn message(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant, SystemTime};
-
     use proptest::prelude::*;
     use serde::Serialize;
 
     use super::*;
+    use crate::forward::test_support::{clock, reference};
     use crate::types::WireMessage;
-
-    fn clock() -> WireClock {
-        WireClock {
-            now: Instant::now(),
-            wall: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
-        }
-    }
 
     fn wire(topic: String, payload: Vec<u8>, qos: u8, full: bool) -> WireMessage {
         WireMessage {
@@ -564,24 +559,6 @@ mod tests {
                         group: "g".into(),
                         filter: "a/+".into(),
                     }),
-                })
-                .collect(),
-        }
-    }
-
-    /// What the reference (serde-derived) decoder makes of `bytes`, as broker messages.
-    fn reference(bytes: &[u8], clock: WireClock) -> ForwardBatch<Arc<Message>> {
-        let b = ForwardBatch::decode(bytes).expect("reference decode");
-        ForwardBatch {
-            origin: b.origin,
-            link_epoch: b.link_epoch,
-            messages: b
-                .messages
-                .into_iter()
-                .map(|f| Forwarded {
-                    seq: f.seq,
-                    message: Arc::new(f.message.to_message_at(clock)),
-                    shared: f.shared,
                 })
                 .collect(),
         }

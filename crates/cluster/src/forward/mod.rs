@@ -68,6 +68,8 @@ mod inbound;
 mod outbound;
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub use decode::{DecodeError, Interner, SHARE_PAYLOAD_FROM};
