@@ -84,12 +84,15 @@ pub fn render(status: &ClusterStatus) -> String {
         return out;
     }
     let mut links = vec![row([
-        "PEER", "LINK", "RTT", "BACKLOG", "UNACKED", "RESENT", "DROPPED", "SENT", "RECEIVED",
+        "PEER", "LINK", "PROTOCOL", "RTT", "BACKLOG", "UNACKED", "RESENT", "DROPPED", "SENT",
+        "RECEIVED",
     ])];
     for l in &status.links {
         links.push(vec![
             l.node_id.to_string(),
             if l.connected { "up" } else { "DOWN" }.to_string(),
+            l.protocol_version
+                .map_or_else(|| "-".to_string(), |v| format!("v{v}")),
             l.rtt_ms
                 .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms")),
             l.backlog.to_string(),
@@ -183,6 +186,7 @@ mod tests {
                 node_id: 0,
                 connected: true,
                 rtt_ms: Some(1.5),
+                protocol_version: Some(1),
                 bytes_sent: 2048,
                 backlog: 3,
                 ..Default::default()
@@ -199,6 +203,7 @@ mod tests {
             "learner",
             "127.0.0.1:7002",
             "1.5 ms",
+            "v1",
             "2.0 KiB",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
