@@ -412,6 +412,27 @@ async fn v5_will_delay_interval_delays_the_will() {
     );
 }
 
+/// The will's Message Expiry Interval counts from when the will is published, not from
+/// the CONNECT that carried it (MQTT 5, 3.1.3.2.4): a 2-second expiry on a will published
+/// 3 seconds after the connection dropped still reaches its subscriber, with about 2
+/// seconds left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_will_expiry_counts_from_its_publication() {
+    let node = TestNode::start().await;
+    let mut watcher = RawClient::v5(node.mqtt_addr(), "will-watch-expiry").await;
+    watcher.subscribe("will/expiry", QoS::AtLeastOnce).await;
+    let mut connect = delayed_will_connect("will-expiry", "will/expiry", 3);
+    if let Some(w) = connect.will.as_mut() {
+        w.properties.message_expiry_interval = Some(2);
+    }
+    let (c, _) = RawClient::connect_ok(node.mqtt_addr(), connect).await;
+    c.drop_connection();
+    let p = watcher.expect_publish().await;
+    assert_eq!(text(&p.payload), "will-expiry");
+    let left = p.properties.message_expiry_interval;
+    assert!(matches!(left, Some(1..=2)), "expiry left: {left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_delay_cancelled_by_reconnect() {
     let node = TestNode::start().await;

@@ -347,7 +347,7 @@ impl Broker {
             // without delay (or a session that ends now) is published.
             if let Some((will, delay)) = will {
                 if delay == 0 || !resume {
-                    self.publish(will);
+                    self.publish_will(&will);
                 }
             }
             if let Err(session) = reply.send(session) {
@@ -400,7 +400,7 @@ impl Broker {
             }
         }
         if let Some(w) = will_now {
-            self.publish(w);
+            self.publish_will(&w);
         }
     }
 
@@ -550,7 +550,7 @@ impl Broker {
                 };
                 drop(inner);
                 if let Some(w) = will {
-                    self.publish(w);
+                    self.publish_will(&w);
                 }
             }
             TimerKind::SessionExpiry => {
@@ -568,7 +568,7 @@ impl Broker {
                 self.unregister(slot);
                 // A will whose delay outlasts the session is sent when the session ends.
                 if let Some(w) = pending_will {
-                    self.publish(w);
+                    self.publish_will(&w);
                 }
             }
         }
@@ -728,6 +728,11 @@ impl Broker {
     /// Routes a message published by a local client (or a will, or `$SYS`): updates the
     /// retained store, delivers to local subscribers and hands it to the cluster. Returns
     /// how many local sessions it reached.
+    /// Publishes a will, stamped with the moment it is published.
+    fn publish_will(&self, will: &Message) -> usize {
+        self.publish(Arc::new(will.published_at(Instant::now())))
+    }
+
     pub fn publish(&self, message: Arc<Message>) -> usize {
         self.keep_if_retained(&message);
         let reached = self.deliver_local(&message);

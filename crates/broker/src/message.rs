@@ -55,6 +55,20 @@ impl Message {
         }
     }
 
+    /// The message as published at `now` rather than when it was built: a will is built
+    /// from the CONNECT and published when its connection ends, and its Message Expiry
+    /// Interval counts from the publication (MQTT 5, 3.1.3.2.4), as do the broker's
+    /// latency measures.
+    pub fn published_at(&self, now: Instant) -> Self {
+        Self {
+            received_at: now,
+            expires_at: self
+                .expires_at
+                .map(|at| now + at.saturating_duration_since(self.received_at)),
+            ..self.clone()
+        }
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
@@ -66,5 +80,44 @@ impl Message {
             let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
             u32::try_from(secs).unwrap_or(u32::MAX)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn message(expiry: Option<u32>, now: Instant) -> Message {
+        let props = PublishProperties {
+            message_expiry_interval: expiry,
+            ..Default::default()
+        };
+        let (topic, client) = (Arc::from("t"), Arc::from("c"));
+        Message::from_publish(
+            topic,
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            false,
+            client,
+            props,
+            now,
+        )
+    }
+
+    #[test]
+    fn a_message_published_later_keeps_its_whole_expiry_interval() {
+        let built = Instant::now();
+        let later = built + Duration::from_secs(30);
+        let will = message(Some(10), built);
+        assert!(will.is_expired(later), "counted from when it was built");
+        let published = will.published_at(later);
+        assert_eq!(published.received_at, later);
+        assert!(!published.is_expired(later + Duration::from_secs(9)));
+        assert_eq!(published.remaining_expiry(later), Some(10));
+        assert!(published.is_expired(later + Duration::from_secs(10)));
+        let forever = message(None, built).published_at(later);
+        assert_eq!(forever.expires_at, None);
     }
 }
