@@ -729,7 +729,7 @@ impl Broker {
     /// retained store, delivers to local subscribers and hands it to the cluster. Returns
     /// how many local sessions it reached.
     /// Publishes a will, stamped with the moment it is published.
-    fn publish_will(&self, will: &Message) -> usize {
+    pub(crate) fn publish_will(&self, will: &Message) -> usize {
         self.publish(Arc::new(will.published_at(Instant::now())))
     }
 

@@ -649,7 +649,7 @@ impl Connection {
             Exit::TakenOver { reply, resume } => {
                 if let Some((w, delay)) = self.will.take() {
                     if delay == 0 || !resume {
-                        broker.publish(w);
+                        broker.publish_will(&w);
                     }
                 }
                 // Anything delivered before the takeover was queued in order already.
