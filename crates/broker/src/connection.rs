@@ -457,6 +457,7 @@ async fn accept_connect(
         problem_info,
         session_expiry_at_connect: expiry,
         out: BytesMut::new(),
+        read_at: Instant::now(),
     };
     Ok(Accepted { conn, rx, connack })
 }
@@ -488,6 +489,9 @@ struct Connection {
     problem_info: bool,
     session_expiry_at_connect: u32,
     out: BytesMut,
+    /// When the bytes being decoded were read: the receipt time of every PUBLISH in them
+    /// (one clock read per read rather than per message).
+    read_at: Instant,
 }
 
 impl Connection {
@@ -525,6 +529,7 @@ impl Connection {
                         Ok(n) => {
                             self.broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                             last_heard = tokio::time::Instant::now();
+                            self.read_at = last_heard.into_std();
                             n
                         }
                     };
@@ -832,7 +837,7 @@ impl Connection {
             p.retain,
             self.client_id.clone(),
             p.properties,
-            Instant::now(),
+            self.read_at,
         );
         self.run.publish(&self.broker, Arc::new(message));
         match qos {
