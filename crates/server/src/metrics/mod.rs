@@ -228,7 +228,7 @@ const LINK_RECEIVED_FRAMES: Def = def(
 const FORWARD_ACK_SECONDS: Def = def(
     "tern_forward_ack_seconds",
     HISTOGRAM,
-    "Time from a QoS 1/2 message being queued for a peer node to that node's acknowledgement, sent after its local delivery (measured on this, the origin node).",
+    "Time from this node receiving a QoS 1/2 message (it is queued for peer nodes as it is delivered here) to a peer node's acknowledgement, sent after the peer's local delivery (measured on this, the origin node).",
 );
 const RAFT_PROPOSALS: Def = def(
     "tern_raft_proposals_total",
