@@ -224,8 +224,7 @@ impl TestCluster {
 /// A loopback UDP port that is free now (for a node or relay whose port must be known
 /// before it starts).
 pub fn free_udp_port() -> SocketAddr {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-    socket.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], crate::external::free_port()))
 }
 
 /// Waits until `addr` can be bound (UDP), i.e. a stopped node's endpoint has let go.

@@ -4,7 +4,7 @@
 //! Every child process is killed when its handle is dropped (`kill_on_drop`), every wait
 //! has a timeout, and every address is on 127.0.0.1.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -22,22 +22,56 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A port that was free a moment ago on 127.0.0.1: bind port 0, read the port, drop the
-/// listener. Another process may take it in between, so callers retry once on a bind error.
-/// Never the same port twice in one test process: the kernel may hand a just-released
-/// port out again at once, and a test that picked two ports for two servers then saw
-/// one of them fail with "address in use".
+/// A port free a moment ago on 127.0.0.1 for both TCP and UDP, for a server a test
+/// starts on a fixed port (a child process, or a node that must come back on the same
+/// port after a restart).
+///
+/// Drawn at random from below the kernel's ephemeral range (`ip_local_port_range`),
+/// where sockets bound to port 0 never land: the many clients and QUIC endpoints of the
+/// tests running at the same time cannot take it, even while a restarted node has let
+/// go of it. Only another test drawing the same port at the same moment could, which is
+/// about one chance in 10,000 per draw. Never the same port twice in one test process.
+/// (Ports from binding port 0 were taken by other tests' port-0 sockets: a cluster node
+/// then failed to start with "address in use".)
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let range = fixed_port_range();
+    let width = u64::from(range.1 - range.0);
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local addr").port();
+        let port = range.0 + (random_u64() % width) as u16;
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if !handed_out.contains(&port) {
+        if handed_out.contains(&port) {
+            continue;
+        }
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
             handed_out.push(port);
             return port;
         }
     }
+}
+
+/// Ports `free_port` draws from: up to 10,000 ports just below the ephemeral range, and
+/// above the well-known ones.
+fn fixed_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let high = ephemeral_low.max(2_048);
+    (high.saturating_sub(10_000).max(1_024), high)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// The full path of a program on PATH, or a panic that says how to install it.
