@@ -415,18 +415,44 @@ async fn v5_will_delay_interval_delays_the_will() {
 /// The will's Message Expiry Interval counts from when the will is published, not from
 /// the CONNECT that carried it (MQTT 5, 3.1.3.2.4): a 2-second expiry on a will published
 /// 3 seconds after the connection dropped still reaches its subscriber, with about 2
-/// seconds left.
+/// seconds left. The will's client is rumqttc (MQTT 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_expiry_counts_from_its_publication() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet as V5Packet};
+    use rumqttc::v5::mqttbytes::QoS as V5QoS;
+
     let node = TestNode::start().await;
     let mut watcher = RawClient::v5(node.mqtt_addr(), "will-watch-expiry").await;
     watcher.subscribe("will/expiry", QoS::AtLeastOnce).await;
-    let mut connect = delayed_will_connect("will-expiry", "will/expiry", 3);
-    if let Some(w) = connect.will.as_mut() {
-        w.properties.message_expiry_interval = Some(2);
-    }
-    let (c, _) = RawClient::connect_ok(node.mqtt_addr(), connect).await;
-    c.drop_connection();
+    let mut opts = rumqttc::v5::MqttOptions::new("will-expiry", "127.0.0.1", node.mqtt_port());
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(300));
+    let properties = LastWillProperties {
+        delay_interval: Some(3),
+        payload_format_indicator: None,
+        message_expiry_interval: Some(2),
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    opts.set_last_will(LastWill::new(
+        "will/expiry",
+        "will-expiry",
+        V5QoS::AtLeastOnce,
+        false,
+        Some(properties),
+    ));
+    let (_c, eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    let mut pump = Pump::spawn(eventloop, |mut el: rumqttc::v5::EventLoop| async move {
+        let r = el.poll().await;
+        (el, r)
+    });
+    pump.wait_for("CONNACK", |e| {
+        matches!(e, rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))).then_some(())
+    })
+    .await;
+    pump.kill().await; // drops the TCP connection without DISCONNECT
     let p = watcher.expect_publish().await;
     assert_eq!(text(&p.payload), "will-expiry");
     let left = p.properties.message_expiry_interval;
