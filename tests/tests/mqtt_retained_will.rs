@@ -258,6 +258,29 @@ async fn v311_will_sent_when_connection_drops() {
     );
 }
 
+/// A rumqttc MQTT 5 client with `opts`, connected (CONNACK seen).
+async fn v5_connected(
+    opts: rumqttc::v5::MqttOptions,
+) -> (
+    rumqttc::v5::AsyncClient,
+    Pump<rumqttc::v5::Event, rumqttc::v5::ConnectionError>,
+) {
+    let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    let mut pump = Pump::spawn(eventloop, |mut el: rumqttc::v5::EventLoop| async move {
+        let r = el.poll().await;
+        (el, r)
+    });
+    pump.wait_for("CONNACK", |e| {
+        matches!(
+            e,
+            rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_))
+        )
+        .then_some(())
+    })
+    .await;
+    (client, pump)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_sent_when_connection_drops() {
     let node = TestNode::start().await;
@@ -273,19 +296,7 @@ async fn v5_will_sent_when_connection_drops() {
         ));
         o
     };
-    let (_c, eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
-    let mut pump = Pump::spawn(eventloop, |mut el: rumqttc::v5::EventLoop| async move {
-        let r = el.poll().await;
-        (el, r)
-    });
-    pump.wait_for("CONNACK", |e| {
-        matches!(
-            e,
-            rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_))
-        )
-        .then_some(())
-    })
-    .await;
+    let (_c, pump) = v5_connected(opts).await;
     pump.kill().await;
     let p = wait_will(&mut wpump, TIMEOUT).await;
     assert_eq!(
@@ -418,7 +429,7 @@ async fn v5_will_delay_interval_delays_the_will() {
 /// seconds left. The will's client is rumqttc (MQTT 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_will_expiry_counts_from_its_publication() {
-    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet as V5Packet};
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
     use rumqttc::v5::mqttbytes::QoS as V5QoS;
 
     let node = TestNode::start().await;
@@ -443,15 +454,7 @@ async fn v5_will_expiry_counts_from_its_publication() {
         false,
         Some(properties),
     ));
-    let (_c, eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
-    let mut pump = Pump::spawn(eventloop, |mut el: rumqttc::v5::EventLoop| async move {
-        let r = el.poll().await;
-        (el, r)
-    });
-    pump.wait_for("CONNACK", |e| {
-        matches!(e, rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))).then_some(())
-    })
-    .await;
+    let (_c, pump) = v5_connected(opts).await;
     pump.kill().await; // drops the TCP connection without DISCONNECT
     let p = watcher.expect_publish().await;
     assert_eq!(text(&p.payload), "will-expiry");
