@@ -2,7 +2,9 @@
 //! the good one would release, at a real sender, the QoS 1 messages the bad one held:
 //! they were never delivered, and their resend would then be dropped as a duplicate. So
 //! the node must count the bad frame, close the link it came on, drop what follows on
-//! that link, and take everything again, in order, from the peer's next link.
+//! that link, and take everything again, in order, from the peer's next link. A second
+//! malformed frame soon after is skipped instead: closing again would loop on a frame
+//! that is resent as it is, and the link carries Raft too.
 
 use std::time::Duration;
 
@@ -44,6 +46,14 @@ fn batch_frame(messages: &[(u64, &str)]) -> Bytes {
     frame.freeze()
 }
 
+/// A batch the node cannot read: a compact batch cut short.
+fn bad_frame() -> Bytes {
+    let mut bad = BytesMut::new();
+    bad.put_u8(TAG_BATCH);
+    bad.put_slice(&[0x93, 0x05, 0x01, 0x91, 0x95, 0x01]);
+    bad.freeze()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_batch_closes_its_link_and_nothing_behind_it_is_lost() {
     let certs = unique_temp_dir("tern-certs");
@@ -78,14 +88,11 @@ async fn a_malformed_batch_closes_its_link_and_nothing_behind_it_is_lost() {
         .expect("link to node 0");
     let lane = peer.send_stream(0, DATA_LANE);
 
-    // Sequence 1 in a batch the node cannot read (a compact batch cut short), then
-    // sequence 2 in a good one, on the same link. Written together, so that both are on
+    // Sequence 1 in a batch the node cannot read, then sequence 2 in a good one, on the
+    // same link. Written together, so that both are on
     // their way before the node closes the link.
-    let mut bad = BytesMut::new();
-    bad.put_u8(TAG_BATCH);
-    bad.put_slice(&[0x93, 0x05, 0x01, 0x91, 0x95, 0x01]);
     let (sent_bad, sent_good) = tokio::join!(
-        lane.send(bad.freeze()),
+        lane.send(bad_frame()),
         lane.send(batch_frame(&[(2, "second")]))
     );
     sent_bad.expect("send bad");
@@ -114,6 +121,29 @@ async fn a_malformed_batch_closes_its_link_and_nothing_behind_it_is_lost() {
         .collect();
     assert_eq!(got, ["first", "second"], "both, once each, in order");
     assert_eq!(node.cluster.stats().malformed_forward_frames, 1);
+
+    // Malformed again within a minute: most likely the same frame resent, so closing the
+    // link (which Raft shares) again would only loop. It is skipped and counted, and the
+    // link stays up for what follows.
+    let links = peer.link(0).map(|l| l.links_established);
+    lane.send(bad_frame()).await.expect("send bad again");
+    lane.send(batch_frame(&[(4, "after"), (5, "fence-2")]))
+        .await
+        .expect("send after");
+    let got: Vec<String> = subscriber
+        .recv_until_payload("fence-2")
+        .await
+        .iter()
+        .map(|p| text(&p.payload))
+        .collect();
+    assert_eq!(got, ["after"]);
+    assert_eq!(node.cluster.stats().malformed_forward_frames, 2);
+    assert_eq!(
+        peer.link(0).map(|l| l.links_established),
+        links,
+        "no new link"
+    );
+    assert!(peer.link(0).is_some_and(|l| l.connected));
 
     peer.shutdown().await;
     node.cluster.shutdown().await;

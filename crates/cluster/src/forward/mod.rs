@@ -37,7 +37,9 @@
 //! messages at the sender, whose resends would then be dropped as duplicates. So the
 //! receiver (`node/forwarding.rs`) closes the link a malformed frame came on and drops
 //! whatever else is still queued from that link; the sender resends everything
-//! unacknowledged on its next link, lowest sequence first.
+//! unacknowledged on its next link, lowest sequence first. A frame malformed again within
+//! a minute is most likely the same one resent (a bug, not damage), and the link also
+//! carries Raft: it is skipped instead, its messages lost and counted.
 //!
 //! # Sender restarts: the link epoch
 //!

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -177,6 +177,11 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
         // the QoS 1/2 messages it held without their ever being delivered. The origin
         // resends everything unacknowledged on its next link.
         let mut broken: HashMap<NodeId, u64> = HashMap::new();
+        // When each origin's link was last closed for a malformed frame. A frame that is
+        // malformed again soon after is most likely the same one resent (a bug, not
+        // damage): closing again would only loop, and the link carries Raft too. It is
+        // then skipped, its messages lost and counted, and the link stays up.
+        let mut closed_at: HashMap<NodeId, Instant> = HashMap::new();
         while let Some(frame) = frames.recv().await {
             let Some(inner) = weak.upgrade() else { return };
             let stale = match broken.get(&frame.from) {
@@ -191,13 +196,30 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
                 let result = receive_frame(&inner, &frame, &mut strings, &mut delivery, &mut acks);
                 if let Err(e) = result {
                     inner.stats.malformed_forward_frame();
-                    warn!(peer = frame.from, error = %e, "malformed forwarding frame");
-                    broken.insert(frame.from, frame.link);
-                    inner.transport.close_link(
-                        frame.from,
-                        frame.link,
-                        "malformed forwarding frame",
-                    );
+                    let now = Instant::now();
+                    let recently = closed_at
+                        .get(&frame.from)
+                        .is_some_and(|&t| now.duration_since(t) < RECLOSE_AFTER);
+                    if recently {
+                        warn!(
+                            peer = frame.from,
+                            error = %e,
+                            "malformed forwarding frame again: skipped, its messages are lost"
+                        );
+                    } else {
+                        warn!(
+                            peer = frame.from,
+                            error = %e,
+                            "malformed forwarding frame: closing the link for a resend"
+                        );
+                        closed_at.insert(frame.from, now);
+                        broken.insert(frame.from, frame.link);
+                        inner.transport.close_link(
+                            frame.from,
+                            frame.link,
+                            "malformed forwarding frame",
+                        );
+                    }
                 }
             }
             if acks.batches > 0 && (frames.is_empty() || acks.batches >= ACK_EVERY_BATCHES) {
@@ -236,6 +258,10 @@ fn receive_frame(
     }
     Ok(())
 }
+
+/// After a link was closed for a malformed frame, how long another one from the same
+/// origin is skipped rather than closing the link again.
+const RECLOSE_AFTER: Duration = Duration::from_secs(60);
 
 /// Most delivered batches whose acks wait for the incoming queue to empty.
 const ACK_EVERY_BATCHES: usize = 16;

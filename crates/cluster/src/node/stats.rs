@@ -117,8 +117,8 @@ pub struct ClusterStats {
     /// Datagrams the kernel dropped on the cluster's UDP socket (a full receive buffer,
     /// mostly); `None` where the kernel does not say.
     pub udp_receive_drops: Option<u64>,
-    /// Forwarded batches and acks from peers that could not be decoded; each closed the
-    /// link it came on.
+    /// Forwarded batches and acks from peers that could not be decoded (the first closes
+    /// the link it came on; see `node/forwarding.rs`).
     pub malformed_forward_frames: u64,
     pub peers: Vec<PeerStats>,
 }

@@ -253,7 +253,7 @@ const CLUSTER_UDP_RECEIVE_DROPS: Def = def(
 const CLUSTER_FORWARD_MALFORMED: Def = def(
     "tern_cluster_forward_malformed_frames_total",
     COUNTER,
-    "Forwarded batches and acks from peers that could not be decoded; each closed the link it came on (the peer resends what was unacknowledged on the next).",
+    "Forwarded batches and acks from peers that could not be decoded. The first closes the link it came on (the peer resends what was unacknowledged on the next); another from the same peer within a minute is skipped, its messages lost.",
 );
 const RAFT_PROPOSAL_BATCH: Def = def(
     "tern_raft_proposal_batch_commands",
