@@ -46,11 +46,14 @@ fn batch_frame(messages: &[(u64, &str)]) -> Bytes {
     frame.freeze()
 }
 
-/// A batch the node cannot read: a compact batch cut short.
+/// A batch the node cannot read: a compact batch whose first topic is a zero byte. A
+/// mebibyte long, so that the frame sent right after it is on its way long before the
+/// node has read this one and closed the link.
 fn bad_frame() -> Bytes {
     let mut bad = BytesMut::new();
     bad.put_u8(TAG_BATCH);
     bad.put_slice(&[0x93, 0x05, 0x01, 0x91, 0x95, 0x01]);
+    bad.put_bytes(0, 1024 * 1024);
     bad.freeze()
 }
 
@@ -89,8 +92,7 @@ async fn a_malformed_batch_closes_its_link_and_nothing_behind_it_is_lost() {
     let lane = peer.send_stream(0, DATA_LANE);
 
     // Sequence 1 in a batch the node cannot read, then sequence 2 in a good one, on the
-    // same link. Written together, so that both are on
-    // their way before the node closes the link.
+    // same link, both sent before the node can have read the first.
     let (sent_bad, sent_good) = tokio::join!(
         lane.send(bad_frame()),
         lane.send(batch_frame(&[(2, "second")]))
