@@ -450,9 +450,9 @@ impl Inner {
         }
     }
 
-    /// Why a peer's Hello is refused, if it is.
-    fn check_hello(&self, hello: &Hello, cert_id: NodeId) -> Result<(), String> {
-        if self.hello.negotiate(hello).is_none() {
+    /// The version a link with the sender of `hello` speaks, or why the Hello is refused.
+    fn check_hello(&self, hello: &Hello, cert_id: NodeId) -> Result<u16, String> {
+        let Some(version) = self.hello.negotiate(hello) else {
             return Err(format!(
                 "node {} speaks protocol versions {}..={}, this node {} speaks {}..={}",
                 hello.node_id,
@@ -462,7 +462,7 @@ impl Inner {
                 self.hello.min_compatible,
                 self.hello.protocol_version
             ));
-        }
+        };
         if hello.node_id != cert_id {
             return Err(format!(
                 "peer claims to be node {} but its certificate is for node {cert_id}",
@@ -472,7 +472,7 @@ impl Inner {
         if hello.node_id == self.local {
             return Err(format!("peer claims this node's own id {}", self.local));
         }
-        Ok(())
+        Ok(version)
     }
 
     /// Refuses a link: logged here, and the reason travels in the close frame.
@@ -481,13 +481,14 @@ impl Inner {
         conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
     }
 
-    /// Makes a connection whose Hello exchange succeeded the peer's link, unless the
-    /// current link wins (see `peers.rs`). Returns whether it was installed.
+    /// Makes a connection whose Hello exchange succeeded, at `version`, the peer's link,
+    /// unless the current link wins (see `peers.rs`). Returns whether it was installed.
     fn establish(
         self: &Arc<Self>,
         conn: quinn::Connection,
         initiator: NodeId,
         hello: &Hello,
+        version: u16,
     ) -> bool {
         if self.is_shut_down() {
             conn.close(CLOSE_SHUTDOWN.into(), b"node shutting down");
@@ -499,11 +500,7 @@ impl Inner {
             conn: conn.clone(),
             initiator,
             incarnation: hello.incarnation,
-            // `check_hello` let the peer in only if the ranges overlap.
-            version: self
-                .hello
-                .negotiate(hello)
-                .unwrap_or(MIN_COMPATIBLE_VERSION),
+            version,
         };
         let info = NodeInfo {
             cluster_addr: hello.cluster_addr.clone(),
@@ -606,16 +603,19 @@ async fn accept_one(inner: &Arc<Inner>, incoming: quinn::Incoming) -> Result<(),
             return Err("Hello timed out".into());
         }
     };
-    if let Err(reason) = inner.check_hello(&hello, cert_id) {
-        inner.refuse(&conn, remote, &reason);
-        return Err(reason);
-    }
+    let version = match inner.check_hello(&hello, cert_id) {
+        Ok(version) => version,
+        Err(reason) => {
+            inner.refuse(&conn, remote, &reason);
+            return Err(reason);
+        }
+    };
     let reply = Envelope::of(FrameKind::Hello, &inner.hello).map_err(|e| e.to_string())?;
     write_frame(&mut send, &reply, max, cert_id, None)
         .await
         .map_err(|e| e.to_string())?;
     let _ = send.finish();
-    inner.establish(conn, cert_id, &hello);
+    inner.establish(conn, cert_id, &hello, version);
     Ok(())
 }
 
@@ -681,10 +681,8 @@ async fn dial(inner: &Arc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<(), 
             ))
         }
     };
-    if let Err(reason) = inner.check_hello(&hello, cert_id) {
-        return Err(refused(reason));
-    }
-    inner.establish(conn, inner.local, &hello);
+    let version = inner.check_hello(&hello, cert_id).map_err(refused)?;
+    inner.establish(conn, inner.local, &hello, version);
     Ok(())
 }
 
