@@ -118,11 +118,9 @@ async fn send_loop(weak: Weak<Inner>, node: NodeId, link: Arc<PeerLink>) {
         }
         // A new link (first, or after a drop) means: resend what was not acknowledged.
         let link_now = inner.transport.link_connection(node);
-        let connected = link_now.is_some_and(|l| l.connected);
+        let live_version = link_now.and_then(|l| l.version);
+        let connected = live_version.is_some();
         let established = link_now.map(|l| l.links_established);
-        // Should the link change to an older peer under a compact batch, sending it fails
-        // (`require_version`) and the next round resends it in the link's format.
-        let format = BatchFormat::for_protocol(link_now.map_or(0, |l| l.version));
         if connected && established != seen_links {
             let mut out = link.outbound.lock();
             if seen_links.is_some() || out.is_link_up() {
@@ -133,7 +131,10 @@ async fn send_loop(weak: Weak<Inner>, node: NodeId, link: Arc<PeerLink>) {
         } else if !connected && link.outbound.lock().is_link_up() {
             link.outbound.lock().on_link_down();
         }
-        if connected {
+        if let Some(version) = live_version {
+            // Should the link change to an older peer under a compact batch, sending it
+            // fails (`require_version`) and the next round resends it in the link's format.
+            let format = BatchFormat::for_protocol(version);
             let sender = inner.transport.send_stream(node, DATA_LANE);
             loop {
                 let batch = link.outbound.lock().next_batch(BATCH_MESSAGES, BATCH_BYTES);

@@ -183,15 +183,13 @@ impl Peer {
         self.notify();
     }
 
-    /// Whether a link is up and how many have been established: [`LinkStatus`]'s first
-    /// two facts, without its statistics (which lock the QUIC connection) and copies.
+    /// Which link is up, if one is: [`LinkStatus`]'s first facts, without its statistics
+    /// (which lock the QUIC connection) and copies.
     pub(crate) fn connection(&self) -> LinkConnection {
         let st = self.state.lock();
-        let link = st.link.as_ref().filter(|l| l.alive());
         LinkConnection {
-            connected: link.is_some(),
             links_established: st.links_established,
-            version: link.map_or(0, |l| l.version),
+            version: st.link.as_ref().filter(|l| l.alive()).map(|l| l.version),
         }
     }
 
@@ -223,10 +221,9 @@ impl Peer {
 /// count means a new link).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkConnection {
-    pub connected: bool,
     pub links_established: u64,
-    /// The protocol version negotiated on the live link (0 when none is up).
-    pub version: u16,
+    /// The protocol version negotiated on the live link; `None` while no link is up.
+    pub version: Option<u16>,
 }
 
 /// A peer's link as `tern cluster status` and the metrics see it. Byte and frame counts

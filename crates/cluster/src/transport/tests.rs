@@ -434,7 +434,7 @@ async fn a_link_speaks_the_highest_common_version_and_refuses_frames_above_it() 
         a.link(3).and_then(|l| l.protocol_version),
         Some(PROTOCOL_VERSION)
     );
-    assert_eq!(a.link_connection(2).map(|l| l.version), Some(1));
+    assert_eq!(a.link_connection(2).and_then(|l| l.version), Some(1));
 
     let frame = |body: &[u8], needs: u16| {
         let mut f = LaneFrame::with_capacity(body.len());
