@@ -72,8 +72,10 @@ pub(crate) fn encode_batch<M: ForwardMessage>(
         array(out, REQUIRED_FIELDS + present)?;
         uint(out, f.seq.wrapping_sub(prev_seq));
         prev_seq = f.seq;
+        // The strings of a run are mostly one shared allocation: pointers first.
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
         let (same_topic, same_client) = prev.map_or((false, false), |(t, c)| {
-            (t == m.topic, c == m.origin_client)
+            (same(t, m.topic), same(c, m.origin_client))
         });
         if same_topic {
             out.push(NIL);
@@ -83,7 +85,7 @@ pub(crate) fn encode_batch<M: ForwardMessage>(
         bin(out, m.payload)?;
         uint(
             out,
-            u64::from(m.qos & 0b11) | if m.retain { FLAG_RETAIN } else { 0 },
+            (u64::from(m.qos) & FLAG_QOS) | if m.retain { FLAG_RETAIN } else { 0 },
         );
         if same_client {
             out.push(NIL);
@@ -152,15 +154,9 @@ pub(crate) fn decode_batch(
     let origin = r.uint()?;
     let link_epoch = r.uint()?;
     let n = r.array_len()?;
-    let mut messages = Vec::with_capacity(n);
-    let mut prev: Option<(u64, Arc<str>, Arc<str>)> = None;
+    let mut messages: Vec<Forwarded<Arc<Message>>> = Vec::with_capacity(n);
     for _ in 0..n {
-        let f = message(&mut r, bytes, clock, strings, prev.as_ref())?;
-        prev = Some((
-            f.seq,
-            f.message.topic.clone(),
-            f.message.origin_client.clone(),
-        ));
+        let f = message(&mut r, bytes, clock, strings, messages.last())?;
         messages.push(f);
     }
     for _ in 3..fields {
@@ -197,14 +193,19 @@ fn message(
     frame: &Bytes,
     clock: WireClock,
     strings: &mut Interner,
-    prev: Option<&(u64, Arc<str>, Arc<str>)>,
+    prev: Option<&Forwarded<Arc<Message>>>,
 ) -> R<Forwarded<Arc<Message>>> {
     let fields = r.array_len()?;
     if fields < REQUIRED_FIELDS {
         return r.err("message field missing");
     }
-    let seq = prev.map_or(0, |p| p.0).wrapping_add(r.uint()?);
-    let topic = string_or_same(r, strings, LastString::Topic, prev.map(|p| &p.1))?;
+    let seq = prev.map_or(0, |p| p.seq).wrapping_add(r.uint()?);
+    let topic = string_or_same(
+        r,
+        strings,
+        LastString::Topic,
+        prev.map(|p| &p.message.topic),
+    )?;
     let payload = bytes_of(frame, r.raw()?);
     let flags = r.uint()?;
     if flags & !(FLAG_QOS | FLAG_RETAIN) != 0 {
@@ -213,7 +214,12 @@ fn message(
     let Some(qos) = QoS::from_u8((flags & FLAG_QOS) as u8) else {
         return r.err("QoS 3");
     };
-    let origin_client = string_or_same(r, strings, LastString::Client, prev.map(|p| &p.2))?;
+    let origin_client = string_or_same(
+        r,
+        strings,
+        LastString::Client,
+        prev.map(|p| &p.message.origin_client),
+    )?;
     let mut m = Message {
         topic,
         payload,
