@@ -725,14 +725,14 @@ impl Broker {
 
     // ---- publishing -------------------------------------------------------------------
 
-    /// Routes a message published by a local client (or a will, or `$SYS`): updates the
-    /// retained store, delivers to local subscribers and hands it to the cluster. Returns
-    /// how many local sessions it reached.
     /// Publishes a will, stamped with the moment it is published.
     pub(crate) fn publish_will(&self, will: &Message) -> usize {
         self.publish(Arc::new(will.published_at(Instant::now())))
     }
 
+    /// Routes a message published by a local client (or a will, or `$SYS`): updates the
+    /// retained store, delivers to local subscribers and hands it to the cluster. Returns
+    /// how many local sessions it reached.
     pub fn publish(&self, message: Arc<Message>) -> usize {
         self.keep_if_retained(&message);
         let reached = self.deliver_local(&message);
