@@ -57,6 +57,12 @@ fn bad_frame() -> Bytes {
     bad.freeze()
 }
 
+/// The payloads `subscriber` receives before one equal to `fence`.
+async fn payloads_until(subscriber: &mut RawClient, fence: &str) -> Vec<String> {
+    let got = subscriber.recv_until_payload(fence).await;
+    got.iter().map(|p| text(&p.payload)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_batch_closes_its_link_and_nothing_behind_it_is_lost() {
     let certs = unique_temp_dir("tern-certs");
@@ -115,12 +121,7 @@ async fn a_malformed_batch_closes_its_link_and_nothing_behind_it_is_lost() {
     lane.send(batch_frame(&[(1, "first"), (2, "second"), (3, "fence")]))
         .await
         .expect("resend");
-    let got: Vec<String> = subscriber
-        .recv_until_payload("fence")
-        .await
-        .iter()
-        .map(|p| text(&p.payload))
-        .collect();
+    let got = payloads_until(&mut subscriber, "fence").await;
     assert_eq!(got, ["first", "second"], "both, once each, in order");
     assert_eq!(node.cluster.stats().malformed_forward_frames, 1);
 
@@ -132,12 +133,7 @@ async fn a_malformed_batch_closes_its_link_and_nothing_behind_it_is_lost() {
     lane.send(batch_frame(&[(4, "after"), (5, "fence-2")]))
         .await
         .expect("send after");
-    let got: Vec<String> = subscriber
-        .recv_until_payload("fence-2")
-        .await
-        .iter()
-        .map(|p| text(&p.payload))
-        .collect();
+    let got = payloads_until(&mut subscriber, "fence-2").await;
     assert_eq!(got, ["after"]);
     assert_eq!(node.cluster.stats().malformed_forward_frames, 2);
     assert_eq!(
