@@ -2,9 +2,10 @@
 //!
 //! Linux gives a UDP socket about 208 KiB of receive buffer by default. quinn sends up to
 //! ten datagrams in one offloaded `sendmsg`, so a few such bursts the receiving node has
-//! not read yet fill it, and the kernel drops what does not fit (`RcvbufErrors` in `/proc/net/snmp`). QUIC then takes the drops for congestion and
-//! shrinks its window: on one machine, cross-node pairs saw over a hundred drops a second
-//! and left a sixth of the CPU idle. Larger buffers absorb the bursts.
+//! not read yet fill it, and the kernel drops what does not fit (`RcvbufErrors` in
+//! `/proc/net/snmp`). QUIC then takes the drops for congestion and shrinks its window: on
+//! one machine, cross-node pairs saw over a hundred drops a second and left a sixth of the
+//! CPU idle. Larger buffers absorb the bursts.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
