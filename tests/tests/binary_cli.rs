@@ -383,6 +383,25 @@ async fn config_file_and_set_flag_are_honoured() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `node.worker_threads` sizes the runtime: the start-up line reports the number in use
+/// (the default here would be the machine's core count, 2 in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_setting_sizes_the_runtime() {
+    let served = serve(false, &["--set", "node.worker_threads=3"]).await;
+    let mut conn = Conn::open(served.mqtt).await.expect("connect");
+    let connack = conn
+        .handshake(&raw::connect_v5("threads", 60, &[]))
+        .await
+        .expect("CONNACK");
+    assert_eq!(connack.reason_code(), Some(0));
+    let log = served.log();
+    let started = log
+        .lines()
+        .find(|line| line.contains("starting tern"))
+        .unwrap_or_else(|| panic!("no start-up line\n{log}"));
+    assert!(started.contains("worker_threads=3"), "{started}");
+}
+
 async fn expect_config_error(cmd: &mut Command, what: &str, names: &[&str]) -> Output {
     let out = run(cmd, Duration::from_secs(20)).await;
     assert_eq!(

@@ -298,11 +298,12 @@ fn serve(config: Config, rust_log: Option<String>, hostname: String) -> ExitCode
         eprintln!("tern: {e}");
         return ExitCode::from(USAGE_ERROR);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("tern-worker")
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("tern-worker");
+    if config.node.worker_threads > 0 {
+        builder.worker_threads(config.node.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tern: cannot start the async runtime: {e}");
@@ -317,7 +318,11 @@ fn serve(config: Config, rust_log: Option<String>, hostname: String) -> ExitCode
                 return ExitCode::from(RUNTIME_ERROR);
             }
         };
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting tern");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "starting tern"
+        );
         let node = match node::start_on_host(config, &hostname).await {
             Ok(node) => node,
             Err(e) => {

@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// On SIGTERM/SIGINT, how long clients get to be disconnected cleanly, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Threads of the async runtime; 0: one per core the process may use (CPU affinity and
+    /// a cgroup CPU quota count). Several nodes sharing a host's cores want their share.
+    pub worker_threads: usize,
 }
 
 impl Default for NodeConfig {
@@ -50,6 +53,7 @@ impl Default for NodeConfig {
         Self {
             data_dir: PathBuf::from("./data"),
             shutdown_grace_secs: 10,
+            worker_threads: 0,
         }
     }
 }

@@ -186,6 +186,7 @@ fn set_flags_reach_every_key() {
         &flags(&[
             "broker.max_inflight=7",
             "node.shutdown_grace_secs = 3",
+            "node.worker_threads=1",
             "broker.response_information=",
             "auth.users=[{username = \"bob\", password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$dCIaFypVigFWKw+gfclfHg$++5lufbbqXM7zdKtJfEXz/3XIuJXjpWm21cQ+suvrv4\"}]",
             "broker={max_keep_alive = 60}",
@@ -195,6 +196,7 @@ fn set_flags_reach_every_key() {
     .unwrap();
     assert_eq!(config.broker.max_inflight, 7);
     assert_eq!(config.node.shutdown_grace_secs, 3);
+    assert_eq!(config.node.worker_threads, 1);
     assert_eq!(config.broker.response_information, "");
     assert_eq!(config.auth.users[0].username, "bob");
     // An inline table merges into the section rather than replacing it.
@@ -334,6 +336,12 @@ fn bad_values_name_key_expected_type_and_source() {
         "{err}"
     );
     assert!(err.contains("config file"), "{err}");
+
+    let err = load_err(&flags(&["node.worker_threads=5000"]), &[]);
+    assert!(
+        err.contains("`node.worker_threads`") && err.contains("at most 1024"),
+        "{err}"
+    );
 
     let err = load_err(&flags(&["log.format=xml"]), &[]);
     assert!(

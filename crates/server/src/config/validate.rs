@@ -11,6 +11,9 @@ use super::Config;
 const MIN_PACKET_SIZE: u32 = 16;
 /// MQTT 3.1.1 requires a server to accept client ids of 1 to 23 bytes.
 const MIN_CLIENT_ID_LEN: usize = 23;
+/// A broker gains nothing from more runtime threads than cores; a far larger number is a
+/// typo that would start thousands of threads.
+const MAX_WORKER_THREADS: usize = 1024;
 
 type Failure = (String, String);
 
@@ -59,6 +62,12 @@ pub(super) fn validate(config: &Config) -> Result<(), Failure> {
     }
     if config.node.data_dir.as_os_str().is_empty() {
         return fail("node.data_dir", "must not be empty");
+    }
+    if config.node.worker_threads > MAX_WORKER_THREADS {
+        return fail(
+            "node.worker_threads",
+            format!("must be at most {MAX_WORKER_THREADS} (0: one per core)"),
+        );
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return fail(
