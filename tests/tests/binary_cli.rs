@@ -388,12 +388,7 @@ async fn config_file_and_set_flag_are_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_setting_sizes_the_runtime() {
     let served = serve(false, &["--set", "node.worker_threads=3"]).await;
-    let mut conn = Conn::open(served.mqtt).await.expect("connect");
-    let connack = conn
-        .handshake(&raw::connect_v5("threads", 60, &[]))
-        .await
-        .expect("CONNACK");
-    assert_eq!(connack.reason_code(), Some(0));
+    let _client = v5_connected(served.mqtt).await;
     let log = served.log();
     let started = log
         .lines()
