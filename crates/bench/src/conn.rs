@@ -9,7 +9,7 @@ use tern_codec::{
     decode, encode, ConnAck, Connect, ConnectProperties, Packet, ProtocolVersion, ReasonCode,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::BenchError;
 
@@ -76,21 +76,9 @@ impl Conn {
             addr,
             source,
         };
-        let stream = match source {
-            None => TcpStream::connect(addr).await.map_err(connect_err)?,
-            Some(ip) => {
-                let sock = if ip.is_ipv4() {
-                    TcpSocket::new_v4()
-                } else {
-                    TcpSocket::new_v6()
-                }
-                .map_err(connect_err)?;
-                // See storm::connect_tcp: TIME_WAIT ports of earlier runs stay usable.
-                sock.set_reuseaddr(true).map_err(connect_err)?;
-                sock.bind(SocketAddr::new(ip, 0)).map_err(connect_err)?;
-                sock.connect(addr).await.map_err(connect_err)?
-            }
-        };
+        let stream = crate::tcp::connect(addr, source)
+            .await
+            .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
         let mut conn = Conn {
             name: name.clone(),

@@ -12,6 +12,7 @@ mod conn;
 mod hist;
 mod procstat;
 mod storm;
+mod tcp;
 mod tracker;
 mod wire;
 

@@ -7,7 +7,6 @@
 //! connection is up, so that the load generator itself stays small at 100,000 clients.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,7 @@ use bytes::BytesMut;
 use serde::Serialize;
 use tern_codec::{decode, encode, Connect, ConnectProperties, Packet, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
@@ -477,7 +476,7 @@ async fn open(
     addr: SocketAddr,
     source: Option<IpAddr>,
 ) -> Result<TcpStream, String> {
-    let stream = connect_tcp(addr, source)
+    let stream = crate::tcp::connect(addr, source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream
@@ -516,26 +515,6 @@ async fn open(
             Ok(0) => return Err("closed by the broker before CONNACK".to_owned()),
             Ok(_) => {}
             Err(e) => return Err(format!("read CONNACK: {e}")),
-        }
-    }
-}
-
-/// A TCP connection from `source` (any port) or from an address the kernel picks.
-pub(crate) async fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    match source {
-        None => TcpStream::connect(addr).await,
-        Some(ip) => {
-            let sock = if ip.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            // Ports whose earlier connections are in TIME_WAIT (ours close first) are
-            // fine for a new connection to another address: without this, a run soon
-            // after another from the same source addresses finds few ports left.
-            sock.set_reuseaddr(true)?;
-            sock.bind(SocketAddr::new(ip, 0))?;
-            sock.connect(addr).await
         }
     }
 }
