@@ -173,35 +173,26 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
         // Kept across batches: who each run's topic reached last.
         let mut delivery = MessageRun::default();
         let mut acks = PendingAcks::default();
-        // Per origin, the link a malformed frame came on: what is still queued from it is
-        // dropped unread, since acknowledging the batches behind the bad one would release
-        // the QoS 1/2 messages it held without their ever being delivered. The origin
-        // resends everything unacknowledged on its next link.
-        let mut broken: HashMap<NodeId, u64> = HashMap::new();
-        // When each origin's link was last closed for a malformed frame. A frame that is
-        // malformed again soon after is most likely the same one resent (a bug, not
-        // damage): closing again would only loop, and the link carries Raft too. It is
-        // then skipped, its messages lost and counted, and the link stays up.
-        let mut closed_at: HashMap<NodeId, Instant> = HashMap::new();
+        // Per origin, the link last closed for a malformed frame, and when. What is still
+        // queued from that link is dropped unread, since acknowledging the batches behind
+        // the bad one would release the QoS 1/2 messages it held without their ever being
+        // delivered; the origin resends everything unacknowledged on its next link (link
+        // ids are never reused). A frame malformed again soon after is most likely the
+        // same one resent (a bug, not damage): closing again would only loop, and the
+        // link carries Raft too. It is then skipped, its messages lost and counted, and
+        // the link stays up.
+        let mut closed: HashMap<NodeId, (u64, Instant)> = HashMap::new();
         while let Some(frame) = frames.recv().await {
             let Some(inner) = weak.upgrade() else { return };
-            let stale = match broken.get(&frame.from) {
-                Some(&link) if link == frame.link => true,
-                Some(_) => {
-                    broken.remove(&frame.from);
-                    false
-                }
-                None => false,
-            };
+            let last_closed = closed.get(&frame.from).copied();
+            let stale = last_closed.is_some_and(|(link, _)| link == frame.link);
             if !stale {
-                let result = receive_frame(&inner, &frame, &mut strings, &mut delivery, &mut acks);
-                if let Err(e) = result {
+                if let Err(e) =
+                    receive_frame(&inner, &frame, &mut strings, &mut delivery, &mut acks)
+                {
                     inner.stats.malformed_forward_frame();
                     let now = Instant::now();
-                    let recently = closed_at
-                        .get(&frame.from)
-                        .is_some_and(|&t| now.duration_since(t) < RECLOSE_AFTER);
-                    if recently {
+                    if last_closed.is_some_and(|(_, at)| now.duration_since(at) < RECLOSE_AFTER) {
                         warn!(
                             peer = frame.from,
                             error = %e,
@@ -213,8 +204,7 @@ pub(crate) fn start_receiving(inner: &Arc<Inner>) {
                             error = %e,
                             "malformed forwarding frame: closing the link for a resend"
                         );
-                        closed_at.insert(frame.from, now);
-                        broken.insert(frame.from, frame.link);
+                        closed.insert(frame.from, (frame.link, now));
                         inner.transport.close_link(
                             frame.from,
                             frame.link,
