@@ -752,9 +752,7 @@ impl Broker {
             self.keep_if_retained(message);
         }
         self.deliver_run(run, !self.cluster.shares_across_nodes(), cache);
-        for message in run {
-            self.cluster.forward(message);
-        }
+        self.cluster.forward_run(run);
     }
 
     /// Delivers messages forwarded from another node, a run with one topic and one origin

@@ -25,6 +25,14 @@ pub trait Cluster: Send + Sync + 'static {
     /// A message published by a local client, after local delivery: send it to the
     /// other nodes whose routes match.
     fn forward(&self, message: &Arc<Message>);
+    /// Messages published by one local client in one read, on one topic, none retained,
+    /// after local delivery: [`Cluster::forward`] for each, in order. One call per run
+    /// lets an implementation look the route up and queue for a peer once per run.
+    fn forward_run(&self, run: &[Arc<Message>]) {
+        for message in run {
+            self.forward(message);
+        }
+    }
     /// A retained message was set (`Some`) or cleared (`None`) by a local client.
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
     /// A client connected here with this id (the local session, if any, is already

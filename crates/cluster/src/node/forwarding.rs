@@ -81,10 +81,32 @@ pub(crate) fn push(
     shared: Option<SharedTarget>,
 ) {
     let link = peer(inner, node);
+    queue(&mut link.outbound.lock(), node, message, shared);
+    link.wake.notify_one();
+}
+
+fn queue(
+    outbound: &mut Outbound<Arc<Message>>,
+    node: NodeId,
+    message: Arc<Message>,
+    shared: Option<SharedTarget>,
+) {
     let queued_at = message.received_at;
-    let outcome = link.outbound.lock().push(message, shared, queued_at);
-    if let crate::forward::PushOutcome::Refused(reason) = outcome {
+    if let crate::forward::PushOutcome::Refused(reason) = outbound.push(message, shared, queued_at)
+    {
         debug!(peer = node, ?reason, "forward backlog refused a message");
+    }
+}
+
+/// Queues a run of messages for `node` (see [`push`]): the link is looked up, locked and
+/// woken once for the run.
+pub(crate) fn push_run(inner: &Arc<Inner>, node: NodeId, run: &[Arc<Message>]) {
+    let link = peer(inner, node);
+    {
+        let mut outbound = link.outbound.lock();
+        for message in run {
+            queue(&mut outbound, node, message.clone(), None);
+        }
     }
     link.wake.notify_one();
 }

@@ -9,7 +9,7 @@ use tern_broker::{Cluster, Message};
 use super::core::{finish_handover, take_session, Inner};
 use super::forwarding;
 use crate::forward::SharedTarget;
-use crate::state::pick_weighted;
+use crate::state::{pick_weighted, ClusterState};
 use crate::types::{Command, WireMessage};
 
 pub(crate) struct Hooks(pub Arc<Inner>);
@@ -31,55 +31,32 @@ impl Cluster for Hooks {
     }
 
     fn forward(&self, message: &Arc<Message>) {
+        self.forward_run(std::slice::from_ref(message));
+    }
+
+    fn forward_run(&self, run: &[Arc<Message>]) {
+        let Some(first) = run.first() else { return };
         let inner = &self.0;
-        let mut shared = Vec::new();
         // The read guard is held until every copy is queued: a route change waits for
         // it, so once a node has applied a change, everything routed by the old routes
         // is already in the links' queues (what a session handover's flush relies on).
         let state = inner.state.read();
-        let route = state.topic_route(&message.topic);
+        // A run shares its topic, so one lookup serves it all.
+        let route = state.topic_route(&first.topic);
+        let peers = route.nodes.iter().filter(|&&n| n != inner.id);
+        // Each link queues the messages themselves (reference counts): they are converted
+        // to their wire form only when encoded into a batch.
         if route.shared {
-            state.shared_groups_for_topic(&message.topic, |group, filter, members| {
-                let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
-                if let Some(node) = pick_weighted(members, ticket) {
-                    let others: Vec<_> = members
-                        .iter()
-                        .filter(|(n, _)| *n != inner.id)
-                        .copied()
-                        .collect();
-                    shared.push((group.to_string(), filter.to_string(), node, others));
+            // Message by message, as each draws its own shared-group tickets.
+            for message in run {
+                for &node in peers.clone() {
+                    forwarding::push(inner, node, message.clone(), None);
                 }
-            });
-        }
-        // Each link queues the message itself (a reference count): it is converted to
-        // its wire form only when encoded into a batch.
-        for &node in route.nodes.iter().filter(|&&n| n != inner.id) {
-            forwarding::push(inner, node, message.clone(), None);
-        }
-        for (group, filter, node, others) in shared {
-            let mut target = Some(node);
-            if node == inner.id {
-                let delivered = inner
-                    .broker()
-                    .is_some_and(|b| b.deliver_shared(message, &group, &filter));
-                // Picked here but no local member is left: another node's member takes it.
-                // (Only then is a ticket drawn: drawing one after every local delivery
-                // skipped the next node in the rotation, so with one member on each of
-                // three nodes, one node never got a message.)
-                target = if delivered {
-                    None
-                } else {
-                    let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
-                    pick_weighted(&others, ticket)
-                };
+                self.forward_to_shared_groups(&state, message);
             }
-            if let Some(node) = target {
-                forwarding::push(
-                    inner,
-                    node,
-                    message.clone(),
-                    Some(SharedTarget { group, filter }),
-                );
+        } else {
+            for &node in peers {
+                forwarding::push_run(inner, node, run);
             }
         }
         drop(state);
@@ -130,5 +107,51 @@ impl Cluster for Hooks {
 
     fn shares_across_nodes(&self) -> bool {
         true
+    }
+}
+
+impl Hooks {
+    /// Sends `message` to one member of each shared group whose filter matches it,
+    /// drawing a ticket per group. Called with the state's read lock held (`state`).
+    fn forward_to_shared_groups(&self, state: &ClusterState, message: &Arc<Message>) {
+        let inner = &self.0;
+        let mut shared = Vec::new();
+        state.shared_groups_for_topic(&message.topic, |group, filter, members| {
+            let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
+            if let Some(node) = pick_weighted(members, ticket) {
+                let others: Vec<_> = members
+                    .iter()
+                    .filter(|(n, _)| *n != inner.id)
+                    .copied()
+                    .collect();
+                shared.push((group.to_string(), filter.to_string(), node, others));
+            }
+        });
+        for (group, filter, node, others) in shared {
+            let mut target = Some(node);
+            if node == inner.id {
+                let delivered = inner
+                    .broker()
+                    .is_some_and(|b| b.deliver_shared(message, &group, &filter));
+                // Picked here but no local member is left: another node's member takes it.
+                // (Only then is a ticket drawn: drawing one after every local delivery
+                // skipped the next node in the rotation, so with one member on each of
+                // three nodes, one node never got a message.)
+                target = if delivered {
+                    None
+                } else {
+                    let ticket = inner.shared_ticket.fetch_add(1, Ordering::Relaxed);
+                    pick_weighted(&others, ticket)
+                };
+            }
+            if let Some(node) = target {
+                forwarding::push(
+                    inner,
+                    node,
+                    message.clone(),
+                    Some(SharedTarget { group, filter }),
+                );
+            }
+        }
     }
 }
