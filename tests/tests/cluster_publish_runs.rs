@@ -6,9 +6,11 @@
 
 use bytes::BytesMut;
 use std::time::Duration;
+use tern_broker::DropReason;
 use tern_codec::{Packet, ProtocolVersion, Publish, QoS};
 use tern_tests::clients::{publish_packet, text, RawClient};
 use tern_tests::cluster::TestCluster;
+use tern_tests::wait_until;
 
 const FORM: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -119,5 +121,29 @@ async fn runs_cross_nodes_whole_and_in_order() {
             "{fence}: no duplicates"
         );
     }
+
+    // Every message had subscribers, only on other nodes: node 0 dropped none of them. One
+    // to a topic nobody subscribes to is a drop, counted once, by the node it was
+    // published on.
+    let no_subscriber = |node: usize| {
+        cluster
+            .node(node)
+            .broker
+            .stats
+            .dropped(DropReason::NoSubscriber)
+    };
+    assert_eq!(no_subscriber(0), 0, "forwarded messages are not drops");
+    publisher
+        .publish("nobody/listens", "lost", QoS::AtLeastOnce, false)
+        .await;
+    assert!(
+        wait_until(SETTLE, || no_subscriber(0) == 1).await,
+        "a message nobody subscribed to is counted"
+    );
+    assert_eq!(
+        no_subscriber(1) + no_subscriber(2),
+        0,
+        "and only by its node"
+    );
     cluster.shutdown().await;
 }

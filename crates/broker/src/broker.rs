@@ -732,11 +732,15 @@ impl Broker {
 
     /// Routes a message published by a local client (or a will, or `$SYS`): updates the
     /// retained store, delivers to local subscribers and hands it to the cluster. Returns
-    /// how many local sessions it reached.
+    /// how many local sessions it reached. It counts as dropped for want of a subscriber
+    /// only if it reached nobody here and the cluster took it nowhere either.
     pub fn publish(&self, message: Arc<Message>) -> usize {
         self.keep_if_retained(&message);
-        let reached = self.deliver_local(&message);
-        self.cluster.forward(&message);
+        let reached = self.deliver(&message, !self.cluster.shares_across_nodes());
+        let forwarded = self.cluster.forward(&message);
+        if reached == 0 && !forwarded {
+            self.stats.count_dropped(DropReason::NoSubscriber, 1);
+        }
         reached
     }
 
@@ -751,8 +755,11 @@ impl Broker {
         for message in run {
             self.keep_if_retained(message);
         }
-        self.deliver_run(run, !self.cluster.shares_across_nodes(), cache);
-        self.cluster.forward_run(run);
+        let unreached = self.deliver_run(run, !self.cluster.shares_across_nodes(), cache);
+        if !self.cluster.forward_run(run) && unreached > 0 {
+            self.stats
+                .count_dropped(DropReason::NoSubscriber, unreached as u64);
+        }
     }
 
     /// Delivers messages forwarded from another node, a run with one topic and one origin
@@ -760,13 +767,23 @@ impl Broker {
     /// only, since the origin node chose the shared-group members (see
     /// [`Broker::deliver_shared`]).
     pub(crate) fn deliver_forwarded_run(&self, run: &[Arc<Message>], cache: &mut MatchCache) {
-        self.deliver_run(run, false, cache);
+        let unreached = self.deliver_run(run, false, cache);
+        if unreached > 0 {
+            self.stats
+                .count_dropped(DropReason::NoSubscriber, unreached as u64);
+        }
     }
 
     /// Delivers a run of messages that share their topic and origin client to this node's
-    /// subscribers, locking each subscriber's slot once for the run.
-    fn deliver_run(&self, run: &[Arc<Message>], include_shared: bool, cache: &mut MatchCache) {
-        let Some(first) = run.first() else { return };
+    /// subscribers, locking each subscriber's slot once for the run. Returns how many of
+    /// the messages reached nobody here (the caller decides whether that is a drop).
+    fn deliver_run(
+        &self,
+        run: &[Arc<Message>],
+        include_shared: bool,
+        cache: &mut MatchCache,
+    ) -> usize {
+        let Some(first) = run.first() else { return 0 };
         debug_assert!(run
             .iter()
             .all(|m| m.topic == first.topic && m.origin_client == first.origin_client));
@@ -781,13 +798,15 @@ impl Broker {
         } else {
             run.len()
         };
-        if cache.targets.is_empty() && shared_missed > 0 {
-            self.stats
-                .count_dropped(DropReason::NoSubscriber, shared_missed as u64);
-        }
+        let unreached = if cache.targets.is_empty() {
+            shared_missed
+        } else {
+            0
+        };
         if cache.targets.len() > MatchCache::KEPT_TARGETS {
             *cache = MatchCache::default();
         }
+        unreached
     }
 
     /// Stores or clears the message in the retained store if it is retained, and tells
@@ -810,11 +829,15 @@ impl Broker {
         }
     }
 
-    /// Delivers a message published on this node to this node's subscribers. Shared
-    /// groups are served here only when the cluster does not pick among nodes for them.
-    /// Returns how many sessions it reached.
+    /// Delivers a message published on this node to this node's subscribers only (not
+    /// forwarded: `$SYS`). Shared groups are served here only when the cluster does not
+    /// pick among nodes for them. Returns how many sessions it reached; none is a drop.
     pub fn deliver_local(&self, message: &Arc<Message>) -> usize {
-        self.deliver(message, !self.cluster.shares_across_nodes())
+        let reached = self.deliver(message, !self.cluster.shares_across_nodes());
+        if reached == 0 {
+            self.stats.count_dropped(DropReason::NoSubscriber, 1);
+        }
+        reached
     }
 
     /// Delivers to one local member of `$share/{group}/{filter}`; false if this node has
@@ -864,7 +887,7 @@ impl Broker {
     }
 
     /// Delivers to `matched` and, with `include_shared`, to a member of every matching
-    /// shared group; counts a message that reached nobody.
+    /// shared group; returns how many sessions it reached.
     fn deliver_matched(
         &self,
         message: &Arc<Message>,
@@ -877,9 +900,6 @@ impl Broker {
         }
         if include_shared {
             reached += self.deliver_to_shared_groups(message);
-        }
-        if reached == 0 {
-            self.stats.count_dropped(DropReason::NoSubscriber, 1);
         }
         reached
     }

@@ -23,15 +23,20 @@ pub trait Cluster: Send + Sync + 'static {
     /// left). Same calling rules.
     fn shared_members(&self, group: &str, filter: &str, members: usize);
     /// A message published by a local client, after local delivery: send it to the
-    /// other nodes whose routes match.
-    fn forward(&self, message: &Arc<Message>);
+    /// other nodes whose routes match. Returns whether it went anywhere (another node,
+    /// or a shared group member the cluster picked): if not, and it reached no local
+    /// subscriber either, the broker counts it as dropped for want of a subscriber.
+    fn forward(&self, message: &Arc<Message>) -> bool;
     /// Messages published by one local client in one read, on one topic, none retained,
-    /// after local delivery: [`Cluster::forward`] for each, in order. One call per run
-    /// lets an implementation look the route up and queue for a peer once per run.
-    fn forward_run(&self, run: &[Arc<Message>]) {
+    /// after local delivery: [`Cluster::forward`] for each, in order; whether any went
+    /// anywhere. One call per run lets an implementation look the route up and queue for
+    /// a peer once per run.
+    fn forward_run(&self, run: &[Arc<Message>]) -> bool {
+        let mut forwarded = false;
         for message in run {
-            self.forward(message);
+            forwarded |= self.forward(message);
         }
+        forwarded
     }
     /// A retained message was set (`Some`) or cleared (`None`) by a local client.
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>);
@@ -56,7 +61,9 @@ impl Cluster for SingleNode {
     fn route_added(&self, _filter: &str) {}
     fn route_removed(&self, _filter: &str) {}
     fn shared_members(&self, _group: &str, _filter: &str, _members: usize) {}
-    fn forward(&self, _message: &Arc<Message>) {}
+    fn forward(&self, _message: &Arc<Message>) -> bool {
+        false
+    }
     fn retained_changed(&self, _topic: &str, _message: Option<&Arc<Message>>) {}
     fn claim(&self, _client_id: &str, _want_session: bool) -> SessionFuture {
         Box::pin(std::future::ready(None))

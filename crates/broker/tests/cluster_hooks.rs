@@ -29,7 +29,9 @@ impl Cluster for Recorder {
             .lock()
             .push(format!("{group}/{filter}={members}"));
     }
-    fn forward(&self, _: &Arc<Message>) {}
+    fn forward(&self, _: &Arc<Message>) -> bool {
+        false
+    }
     fn retained_changed(&self, _: &str, _: Option<&Arc<Message>>) {}
     fn claim(&self, _: &str, _: bool) -> SessionFuture {
         Box::pin(std::future::ready(None))

@@ -23,7 +23,9 @@ impl Cluster for PairedNode {
     fn route_added(&self, _: &str) {}
     fn route_removed(&self, _: &str) {}
     fn shared_members(&self, _: &str, _: &str, _: usize) {}
-    fn forward(&self, _: &Arc<Message>) {}
+    fn forward(&self, _: &Arc<Message>) -> bool {
+        false
+    }
     fn retained_changed(&self, _: &str, _: Option<&Arc<Message>>) {}
     fn claim(&self, client_id: &str, want_session: bool) -> SessionFuture {
         let other = self.other.lock().as_ref().and_then(Weak::upgrade);

@@ -30,12 +30,14 @@ impl Cluster for Hooks {
         self.0.proposals_due.notify_one();
     }
 
-    fn forward(&self, message: &Arc<Message>) {
-        self.forward_run(std::slice::from_ref(message));
+    fn forward(&self, message: &Arc<Message>) -> bool {
+        self.forward_run(std::slice::from_ref(message))
     }
 
-    fn forward_run(&self, run: &[Arc<Message>]) {
-        let Some(first) = run.first() else { return };
+    fn forward_run(&self, run: &[Arc<Message>]) -> bool {
+        let Some(first) = run.first() else {
+            return false;
+        };
         let inner = &self.0;
         // The read guard is held until every copy is queued: a route change waits for
         // it, so once a node has applied a change, everything routed by the old routes
@@ -44,6 +46,7 @@ impl Cluster for Hooks {
         // A run shares its topic, so one lookup serves it all.
         let route = state.topic_route(&first.topic);
         let peers = route.nodes.iter().filter(|&&n| n != inner.id);
+        let mut forwarded = peers.clone().next().is_some();
         // Each link queues the messages themselves (reference counts): they are converted
         // to their wire form only when encoded into a batch.
         if route.shared {
@@ -52,7 +55,7 @@ impl Cluster for Hooks {
                 for &node in peers.clone() {
                     forwarding::push(inner, node, message.clone(), None);
                 }
-                self.forward_to_shared_groups(&state, message);
+                forwarded |= self.forward_to_shared_groups(&state, message);
             }
         } else {
             for &node in peers {
@@ -60,6 +63,7 @@ impl Cluster for Hooks {
             }
         }
         drop(state);
+        forwarded
     }
 
     fn retained_changed(&self, topic: &str, message: Option<&Arc<Message>>) {
@@ -112,8 +116,9 @@ impl Cluster for Hooks {
 
 impl Hooks {
     /// Sends `message` to one member of each shared group whose filter matches it,
-    /// drawing a ticket per group. Called with the state's read lock held (`state`).
-    fn forward_to_shared_groups(&self, state: &ClusterState, message: &Arc<Message>) {
+    /// drawing a ticket per group; whether some member took it or it was queued for one.
+    /// Called with the state's read lock held (`state`).
+    fn forward_to_shared_groups(&self, state: &ClusterState, message: &Arc<Message>) -> bool {
         let inner = &self.0;
         let mut shared = Vec::new();
         state.shared_groups_for_topic(&message.topic, |group, filter, members| {
@@ -127,6 +132,7 @@ impl Hooks {
                 shared.push((group.to_string(), filter.to_string(), node, others));
             }
         });
+        let mut forwarded = false;
         for (group, filter, node, others) in shared {
             let mut target = Some(node);
             if node == inner.id {
@@ -137,6 +143,7 @@ impl Hooks {
                 // (Only then is a ticket drawn: drawing one after every local delivery
                 // skipped the next node in the rotation, so with one member on each of
                 // three nodes, one node never got a message.)
+                forwarded |= delivered;
                 target = if delivered {
                     None
                 } else {
@@ -151,7 +158,9 @@ impl Hooks {
                     message.clone(),
                     Some(SharedTarget { group, filter }),
                 );
+                forwarded = true;
             }
         }
+        forwarded
     }
 }
