@@ -111,6 +111,14 @@ pub fn text(payload: &Bytes) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
 
+/// (topic, payload as text) of each PUBLISH, in the order received.
+pub fn topics_and_texts(publishes: &[Publish]) -> Vec<(String, String)> {
+    publishes
+        .iter()
+        .map(|p| (p.topic.clone(), text(&p.payload)))
+        .collect()
+}
+
 /// A raw MQTT client: one TCP connection, Tern's codec, explicit packets.
 ///
 /// Packets that arrive while a helper waits for a particular packet (say, a SUBACK) are kept
@@ -455,6 +463,17 @@ impl RawClient {
                 })
                 .await;
                 self.send(Packet::PubComp(PubResponse::new(id))).await;
+            }
+        }
+    }
+
+    /// Waits for `n` PUBACKs (a publisher's QoS 1 messages sent without waiting); panics
+    /// if anything else arrives first.
+    pub async fn expect_pubacks(&mut self, n: usize) {
+        for i in 0..n {
+            match self.expect("PUBACK").await {
+                Packet::PubAck(_) => {}
+                other => panic!("expected PUBACK {} of {n}, got {other:?}", i + 1),
             }
         }
     }

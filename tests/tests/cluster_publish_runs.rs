@@ -8,20 +8,12 @@ use bytes::BytesMut;
 use std::time::Duration;
 use tern_broker::DropReason;
 use tern_codec::{Packet, ProtocolVersion, Publish, QoS};
-use tern_tests::clients::{publish_packet, text, RawClient};
+use tern_tests::clients::{publish_packet, topics_and_texts, RawClient};
 use tern_tests::cluster::TestCluster;
 use tern_tests::wait_until;
 
 const FORM: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_secs(10);
-
-/// (topic, payload) of each PUBLISH, in the order received.
-fn seen(publishes: &[Publish]) -> Vec<(String, String)> {
-    publishes
-        .iter()
-        .map(|p| (p.topic.clone(), text(&p.payload)))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_cross_nodes_whole_and_in_order() {
@@ -83,16 +75,11 @@ async fn runs_cross_nodes_whole_and_in_order() {
         }
     }
     publisher.send_bytes(&buf).await.expect("write the runs");
-    for _ in 0..acks_due {
-        match publisher.expect("PUBACK").await {
-            Packet::PubAck(_) => {}
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
+    publisher.expect_pubacks(acks_due).await;
 
     let got = all.recv_publishes(expected.len()).await;
     assert_eq!(
-        seen(&got),
+        topics_and_texts(&got),
         expected,
         "node 1's wildcard subscriber: send order"
     );
@@ -102,9 +89,17 @@ async fn runs_cross_nodes_whole_and_in_order() {
         .cloned()
         .collect();
     let got = only_a.recv_publishes(expected_a.len()).await;
-    assert_eq!(seen(&got), expected_a, "node 2's plain subscriber");
+    assert_eq!(
+        topics_and_texts(&got),
+        expected_a,
+        "node 2's plain subscriber"
+    );
     let got = member.recv_publishes(expected_a.len()).await;
-    assert_eq!(seen(&got), expected_a, "node 2's shared group member");
+    assert_eq!(
+        topics_and_texts(&got),
+        expected_a,
+        "node 2's shared group member"
+    );
 
     // Nothing more arrives: a fence published after them is the next thing each sees.
     let fences = [

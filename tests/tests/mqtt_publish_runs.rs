@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 use tern_codec::{Packet, ProtocolVersion, Publish, QoS};
-use tern_tests::clients::{publish_packet, text, RawClient, Recv};
+use tern_tests::clients::{publish_packet, text, topics_and_texts, RawClient, Recv};
 use tern_tests::TestNode;
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
@@ -25,14 +25,6 @@ fn qos1(client: &mut RawClient, topic: &str, payload: &str, retain: bool) -> Pac
     let mut p: Publish = publish_packet(topic, payload, QoS::AtLeastOnce, retain);
     p.packet_id = client.next_id();
     Packet::Publish(p)
-}
-
-/// (topic, payload) of each PUBLISH, in the order received.
-fn seen(publishes: &[Publish]) -> Vec<(String, String)> {
-    publishes
-        .iter()
-        .map(|p| (p.topic.clone(), text(&p.payload)))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,17 +54,11 @@ async fn order_holds_across_topic_changes_and_retained_messages() {
         .send_bytes(&encoded(&packets))
         .await
         .expect("write the batch");
-    let mut acked = 0;
-    while acked < packets.len() {
-        match publisher.expect("PUBACK").await {
-            Packet::PubAck(_) => acked += 1,
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
+    publisher.expect_pubacks(packets.len()).await;
 
     let got = watcher.recv_publishes(expected.len()).await;
     assert_eq!(
-        seen(&got),
+        topics_and_texts(&got),
         expected,
         "the wildcard subscriber sees the send order"
     );
@@ -82,7 +68,7 @@ async fn order_holds_across_topic_changes_and_retained_messages() {
         .cloned()
         .collect();
     let got_a = only_a.recv_publishes(expected_a.len()).await;
-    assert_eq!(seen(&got_a), expected_a);
+    assert_eq!(topics_and_texts(&got_a), expected_a);
     // The retained one was stored: a new subscriber gets it.
     let mut late = RawClient::v311(addr, "runs-late").await;
     late.subscribe("runs/a", QoS::AtLeastOnce).await;
