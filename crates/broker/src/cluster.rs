@@ -64,6 +64,9 @@ impl Cluster for SingleNode {
     fn forward(&self, _message: &Arc<Message>) -> bool {
         false
     }
+    fn forward_run(&self, _run: &[Arc<Message>]) -> bool {
+        false
+    }
     fn retained_changed(&self, _topic: &str, _message: Option<&Arc<Message>>) {}
     fn claim(&self, _client_id: &str, _want_session: bool) -> SessionFuture {
         Box::pin(std::future::ready(None))
